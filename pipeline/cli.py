@@ -1,0 +1,175 @@
+"""The `pipeline` command: thin typer commands over pipeline.stages; dvc.yaml calls only these.
+
+Every command validates the whole params.yaml first. A user mistake ends in one line on stderr
+and exit code 2 (1 for a failed run); --debug shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark of diffusion, score-based and flow generative models.")
+
+_state = {"debug": False, "params": Path("params.yaml"), "root": Path(".")}
+
+DatasetOpt = typer.Option(..., "--dataset", "-d", help="Data set name (see `pipeline list`).")
+MethodOpt = typer.Option(..., "--method", "-m", help="Method name (see `pipeline list`).")
+SeedOpt = typer.Option(0, "--seed", "-s", help="Seed from params.yaml's `seeds`.")
+
+
+@app.callback()
+def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+         debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    _state["params"] = params
+    _state["debug"] = debug
+    _state["root"] = Path(os.environ.get("DVC_ROOT", ".")) if params == Path("params.yaml") else params.parent
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(action):
+    """Validate params, run the action, and turn known errors into one line."""
+    from pipeline.config import ParamsError, load_params
+    from pipeline.data import DataError
+    from pipeline.stages import StageError
+    from pipeline.tracking import TrackingError
+    from pipeline.training import CheckpointError, TrainingDiverged
+
+    if _state["debug"]:
+        return action(load_params(_state["params"]))
+    try:
+        params = load_params(_state["params"])
+    except ParamsError as error:
+        _fail(str(error), 2)
+    try:
+        return action(params)
+    except (DataError, StageError, CheckpointError, TrackingError) as error:
+        _fail(str(error), 2)
+    except TrainingDiverged as error:
+        _fail(str(error), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; outputs were left untouched and training resumes from its last checkpoint", 130)
+
+
+def _check_names(params, method: str | None = None, dataset: str | None = None, seed: int | None = None) -> None:
+    if method is not None and method not in params.methods:
+        _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(params.methods)})", 2)
+    if dataset is not None and dataset not in params.datasets:
+        _fail(f"--dataset {dataset!r} is not in params.yaml's datasets ({', '.join(params.datasets)})", 2)
+    if seed is not None and seed not in params.seeds:
+        _fail(f"--seed {seed} is not in params.yaml's seeds ({', '.join(map(str, params.seeds))})", 2)
+
+
+@app.command()
+def validate() -> None:
+    """Check params.yaml as a whole and exit 2 with one line on the first mistake."""
+
+    def action(params):
+        typer.echo(f"params OK: {len(params.methods)} methods x {len(params.datasets)} data sets x "
+                   f"{len(params.seeds)} seeds")
+
+    _run(action)
+
+
+@app.command()
+def prepare(dataset: str = DatasetOpt) -> None:
+    """Write data/<dataset>.npz (train, test and reference splits)."""
+    from pipeline.stages import run_prepare
+
+    def action(params):
+        _check_names(params, dataset=dataset)
+        typer.echo(f"wrote {run_prepare(_state['root'], params, dataset)}")
+
+    _run(action)
+
+
+@app.command()
+def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
+          progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
+    """Train one method on one data set (resumes from its last checkpoint)."""
+    from pipeline.stages import run_train
+
+    def action(params):
+        _check_names(params, method, dataset, seed)
+        typer.echo(f"wrote {run_train(_state['root'], params, method, dataset, seed, progress)}")
+
+    _run(action)
+
+
+@app.command()
+def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
+           progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
+    """Draw samples with every sampler and step budget of the method."""
+    from pipeline.stages import run_sample
+
+    def action(params):
+        _check_names(params, method, dataset, seed)
+        typer.echo(f"wrote {run_sample(_state['root'], params, method, dataset, seed, progress)}")
+
+    _run(action)
+
+
+@app.command()
+def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="Method (omit for the data floor)."),
+             dataset: str = DatasetOpt, seed: int = SeedOpt) -> None:
+    """Compute the metrics of one method on one data set, or the data floor without --method."""
+    from pipeline.stages import run_baseline, run_evaluate
+
+    def action(params):
+        _check_names(params, method, dataset, seed if method else None)
+        path = run_evaluate(_state["root"], params, method, dataset, seed) if method else \
+            run_baseline(_state["root"], params, dataset)
+        typer.echo(f"wrote {path}")
+
+    _run(action)
+
+
+@app.command()
+def report() -> None:
+    """Write reports/results.csv, reports/summary.md and reports/figures/."""
+    from pipeline.report import run_report
+
+    _run(lambda params: typer.echo(f"wrote {run_report(_state['root'], params)}"))
+
+
+@app.command()
+def publish() -> None:
+    """Publish the pipeline's outputs to MLflow (skipped when this state was already published)."""
+    from pipeline.tracking import publish as publish_runs, tracking_uri
+
+    def action(params):
+        run_id = publish_runs(_state["root"], params)
+        typer.echo(f"MLflow run {run_id} at {tracking_uri(_state['root'])}")
+
+    _run(action)
+
+
+@app.command("list")
+def list_names() -> None:
+    """Print the known data sets, methods and samplers."""
+    from pipeline.data import DATASETS
+    from pipeline.methods import METHODS
+
+    typer.echo("data sets:")
+    for name, kind in DATASETS.items():
+        typer.echo(f"  {name} ({kind})")
+    typer.echo("methods and samplers:")
+    for name, cls in METHODS.items():
+        typer.echo(f"  {name}: {', '.join(cls.samplers)}")
+
+
+def entry() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

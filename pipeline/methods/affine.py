@@ -1,0 +1,115 @@
+"""Methods on an affine Gaussian path, and the samplers they all share (probability-flow ODE).
+
+Training regresses the network onto its prediction target at x_t = alpha_t x + sigma_t eps;
+every sampler and likelihood goes through pipeline.parameterization, so eps-, score- and
+velocity-networks share the same ODE code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.likelihood import ode_log_likelihood
+from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
+from pipeline.parameterization import Prediction, from_x0_and_eps, to_score, to_velocity, to_x0
+from pipeline.paths import AffinePath
+from pipeline.solvers import SolverResult, ode_euler, ode_heun, ode_rk45, uniform_grid
+
+
+class AffineMethod(Method):
+    """A method trained by regression on an affine Gaussian path."""
+
+    prediction: ClassVar[Prediction]
+    #: smallest training time (the score blows up like 1/sigma_t at t = 0, methods.md 6.1)
+    t_min_train: ClassVar[float] = 1e-5
+    #: where samplers stop: 0 for flows, 1e-3 for diffusions (Song et al. 2021)
+    t_end_sample: ClassVar[float] = 1e-3
+    #: where the likelihood integral starts
+    t_start_likelihood: ClassVar[float] = 1e-5
+    #: finish diffusion samplers with the Tweedie denoising step x0_hat(x, t_end) (one more NFE)
+    denoise_final: ClassVar[bool] = True
+
+    path: AffinePath
+
+    def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
+        u = torch.rand(n, generator=generator, device=device)
+        return self.t_min_train + (1.0 - self.t_min_train) * u
+
+    def loss_weight(self, t: Tensor) -> Tensor | float:
+        return 1.0
+
+    def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """E || net(x_t, t) - target ||^2, averaged over dimensions (Ho et al. 2020 eq. 14; Lipman et al. 2023 eq. 23)."""
+        t = self.sample_time(batch.shape[0], generator, batch.device)
+        noise = torch.randn(batch.shape, generator=generator, device=batch.device)
+        c = self.path(t).broadcast_to(batch)
+        x_t = c.alpha * batch + c.sigma * noise
+        target = from_x0_and_eps(batch, noise, self.prediction, c)
+        error = (net(x_t, t) - target).pow(2).flatten(1).mean(1)
+        return self.loss_weight(t) * error
+
+    def prior_sample(self, n: int, generator: torch.Generator, device) -> Tensor:
+        return self.path.prior_sample((n, *self.data_shape), generator, device)
+
+    def output(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        return call_network(net, x, t)
+
+    def velocity_fn(self, net: nn.Module):
+        """Probability-flow velocity dx/dt of the trained model."""
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            return to_velocity(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+
+        return velocity
+
+    def score_fn(self, net: nn.Module):
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            return to_score(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+
+        return score
+
+    def denoise(self, net: nn.Module, result: SolverResult) -> SolverResult:
+        """Tweedie's x0_hat at the end time (methods.md 2.7), when the method asks for it."""
+        if not self.denoise_final or self.t_end_sample == 0:
+            return result
+        x = result.x
+        t = torch.full((x.shape[0],), self.t_end_sample, dtype=x.dtype, device=x.device)
+        x0 = to_x0(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+        return SolverResult(x0, result.nfe + 1)
+
+    def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
+                       context: EvalContext) -> list[LikelihoodRecord]:
+        """Probability-flow ODE likelihood (Song et al. 2021, app. D.2), exact divergence in low dimension."""
+        estimator = "exact" if self.dim <= 16 else "hutchinson"
+        result = ode_log_likelihood(self.velocity_fn(net), x, self.path.prior_log_prob, self.t_start_likelihood,
+                                    1.0, divergence=estimator, generator=generator, rtol=context.rtol,
+                                    atol=context.atol)
+        return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]
+
+
+def sample_ode_euler(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
+    """Euler on the probability-flow ODE, `budget` steps from t = 1 to t_end."""
+    steps = budget - 1 if method.denoise_final and method.t_end_sample > 0 and budget > 1 else budget
+    grid = uniform_grid(steps, 1.0, method.t_end_sample)
+    return method.denoise(net, ode_euler(method.velocity_fn(net), x, grid))
+
+
+def sample_ode_heun(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
+    """Heun (2 NFE per step) on the probability-flow ODE, budget // 2 steps."""
+    grid = uniform_grid(max(budget // 2, 1), 1.0, method.t_end_sample)
+    return method.denoise(net, ode_heun(method.velocity_fn(net), x, grid))
+
+
+def sample_ode_rk45(method: AffineMethod, net: nn.Module, x: Tensor, budget, generator) -> SolverResult:
+    """Adaptive Dormand-Prince (rtol = atol = 1e-5) on the probability-flow ODE; reports its NFE."""
+    return method.denoise(net, ode_rk45(method.velocity_fn(net), x, 1.0, method.t_end_sample))
+
+
+ODE_SAMPLERS = {
+    "ode_euler": SamplerSpec(sample_ode_euler, description="probability-flow ODE, Euler"),
+    "ode_heun": SamplerSpec(sample_ode_heun, description="probability-flow ODE, Heun"),
+    "ode_rk45": SamplerSpec(sample_ode_rk45, uses_budget=False, description="probability-flow ODE, RK45"),
+}

@@ -1,0 +1,110 @@
+"""The Method protocol: a method contributes only its math.
+
+A method is its training loss (per-sample, on a batch of training examples), its prior, its
+named samplers and its likelihood. The training loop, the sampling entry point, the checkpoint
+format and the DVC stages are shared and know no method names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import MethodConfig
+from pipeline.solvers import SolverResult
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler: fn(method, net, x_init, budget, generator) -> SolverResult.
+
+    uses_budget: whether the sampler runs once per step budget of params.yaml (False for adaptive
+    solvers, which report the NFE they used). max_budget: a cap, e.g. DDPM's T.
+    """
+
+    fn: Callable[..., SolverResult]
+    uses_budget: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LikelihoodRecord:
+    """Per-sample log-likelihood (nats) under the reverse model a sampler defines, at an NFE."""
+
+    sampler: str
+    nfe: int
+    log_prob: Tensor
+    estimator: str  # "elbo" | "ode_exact" | "ode_hutchinson"
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Evaluation settings a likelihood may use."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+
+class Method(ABC):
+    """Base class: subclasses set `Config`, `samplers` and implement `loss` and `prior_sample`."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    samplers: ClassVar[dict[str, SamplerSpec]] = {}
+    #: output units the network needs beyond the data's size (PFGM's augmented coordinate)
+    extra_outputs: ClassVar[int] = 0
+
+    def __init__(self, config: MethodConfig, data_shape: tuple[int, ...]):
+        self.config = config
+        self.data_shape = tuple(data_shape)
+        self.dim = int(torch.tensor(self.data_shape).prod())
+
+    @abstractmethod
+    def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-sample training loss [B] on a batch of training examples."""
+
+    @abstractmethod
+    def prior_sample(self, n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
+        """n draws from the distribution sampling starts at."""
+
+    def max_budget(self) -> int | None:
+        return None
+
+    def sampler_runs(self) -> list[tuple[str, int | None]]:
+        """(sampler, budget) pairs this method runs: budget None for adaptive samplers."""
+        names = self.config.samplers or list(self.samplers)
+        cap = self.max_budget()
+        runs: list[tuple[str, int | None]] = []
+        for name in names:
+            if not self.samplers[name].uses_budget:
+                runs.append((name, None))
+                continue
+            for budget in self.config.budgets:
+                if cap is None or budget <= cap:
+                    runs.append((name, budget))
+        return runs
+
+    def sample(self, net: nn.Module, sampler: str, budget: int | None, n: int, generator: torch.Generator,
+               device: torch.device | str = "cpu") -> SolverResult:
+        """The one sampling entry point: prior draw, then the named sampler."""
+        x_init = self.prior_sample(n, generator, device)
+        with torch.no_grad():
+            return self.samplers[sampler].fn(self, net, x_init, budget, generator)
+
+    def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
+                       context: EvalContext) -> list[LikelihoodRecord]:
+        """Likelihoods this method defines (none by default)."""
+        return []
+
+    def training_data(self, train: Tensor, net: nn.Module | None = None) -> Tensor:
+        """The examples the loss is trained on (the data's training split by default)."""
+        return train
+
+
+def call_network(net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    """Evaluate net in its own dtype and return the caller's dtype (solvers may work in float64)."""
+    dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else x.dtype
+    return net(x.to(dtype), t.to(dtype)).to(x.dtype)

@@ -1,0 +1,38 @@
+"""The MLP used on 2-D data: residual SiLU blocks conditioned on a time embedding."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pipeline.nets.embeddings import SinusoidalEmbedding
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.linear = nn.Linear(hidden, hidden)
+        self.time = nn.Linear(hidden, hidden)
+
+    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
+        return h + self.linear(nn.functional.silu(self.norm(h) + self.time(temb)))
+
+
+class MLP(nn.Module):
+    """x [B, d], t [B] -> [B, d + extra_outputs]."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_embedding: int = 64,
+                 extra_outputs: int = 0):
+        super().__init__()
+        self.embed = nn.Sequential(SinusoidalEmbedding(time_embedding), nn.Linear(time_embedding, hidden),
+                                   nn.SiLU(), nn.Linear(hidden, hidden))
+        self.input = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(depth))
+        self.output = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim + extra_outputs))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        temb = self.embed(t)
+        h = self.input(x)
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.output(h)

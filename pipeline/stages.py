@@ -1,0 +1,248 @@
+"""What each DVC stage does, as functions over paths and validated params (no CLI, no DVC).
+
+Outputs (all written atomically):
+    data/<dataset>.npz                                   prepare
+    models/<method>/<dataset>/seed<k>.pt                 train (EMA weights + what made them)
+    metrics/train/<method>/<dataset>/seed<k>.csv         train (loss curve)
+    samples/<method>/<dataset>/seed<k>.npz               sample (every sampler x budget)
+    metrics/<method>/<dataset>/seed<k>.json              evaluate
+    metrics/data/<dataset>.json                          baseline (the data floor)
+Resumable training state lives in checkpoints/ (not a DVC output, so DVC never deletes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import data as datasets
+from pipeline.config import Params
+from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write_json, write_npz, write_text
+from pipeline.methods import build_method
+from pipeline.methods.base import EvalContext, Method
+from pipeline.metrics import w2_exact
+from pipeline.nets import build_network
+from pipeline.training import CheckpointError, train
+
+MODEL_FORMAT = 1
+
+
+class StageError(Exception):
+    """A user-fixable problem in a stage's inputs; the message says what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("device: cuda was asked for but no CUDA device is available; set device: auto or cpu")
+    return torch.device(name)
+
+
+def data_file(root: Path, dataset: str) -> Path:
+    return root / "data" / f"{dataset}.npz"
+
+
+def model_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "models" / method / dataset / f"seed{seed}.pt"
+
+
+def loss_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / "train" / method / dataset / f"seed{seed}.csv"
+
+
+def samples_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "samples" / method / dataset / f"seed{seed}.npz"
+
+
+def metrics_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / method / dataset / f"seed{seed}.json"
+
+
+def baseline_file(root: Path, dataset: str) -> Path:
+    return root / "metrics" / "data" / f"{dataset}.json"
+
+
+def run_key(sampler: str, budget: int | None) -> str:
+    return f"{sampler}@{budget if budget is not None else 'adaptive'}"
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def run_prepare(root: Path, params: Params, dataset: str) -> Path:
+    seed = derive_seed(params.data.seed, "prepare", dataset)
+    return datasets.prepare(dataset, data_file(root, dataset), params.data, seed)
+
+
+# ---------------------------------------------------------------- train
+
+
+def _network_for(method: Method, params: Params):
+    return build_network(method.data_shape, params.network, extra_outputs=method.extra_outputs)
+
+
+def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: int,
+              progress: bool = True) -> Path:
+    data = datasets.load(data_file(root, dataset))
+    config = params.method_config(method_name)
+    method = build_method(method_name, config, data.shape)
+    settings = params.train_settings(method_name, data.kind)
+    data_hash = sha256_file(data_file(root, dataset))
+    recipe = {"method": method_name, "dataset": dataset, "seed": seed, "method_config": config.model_dump(),
+              "train": settings.model_dump(), "network": params.network.model_dump(), "data_sha256": data_hash}
+    identity = hash_config(recipe)
+    device = resolve_device(params.device)
+    stage_seed = derive_seed(seed, "train", method_name, dataset)
+    torch.manual_seed(stage_seed)
+    net = _network_for(method, params)  # initialisation drawn from the stage's seed
+    train_data = method.training_data(torch.from_numpy(data.train))
+    checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
+    try:
+        result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress)
+    except CheckpointError as error:
+        raise StageError(str(error)) from None
+    save_torch(model_file(root, method_name, dataset, seed), {
+        "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(data.shape),
+        "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
+    })
+    rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
+    write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
+    return model_file(root, method_name, dataset, seed)
+
+
+def load_model(root: Path, params: Params, method_name: str, dataset: str, seed: int,
+               device: torch.device) -> tuple[Method, torch.nn.Module]:
+    """Rebuild the method and its EMA network; refuse a model made by other parameters."""
+    path = model_file(root, method_name, dataset, seed)
+    if not path.exists():
+        raise StageError(f"{path} is missing; run `dvc repro train@{method_name}-{dataset}-{seed}` first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise StageError(f"{path} is unreadable ({type(error).__name__}); run `dvc repro` to retrain") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise StageError(f"{path} is not a model file of this pipeline; run `dvc repro` to retrain")
+    recipe = saved["recipe"]
+    config = params.method_config(method_name)
+    if recipe["method"] != method_name or recipe["method_config"] != config.model_dump():
+        raise StageError(f"{path} was trained as {recipe['method']!r} with other parameters than params.yaml's "
+                         f"methods.{method_name}; run `dvc repro` to retrain")
+    method = build_method(method_name, config, tuple(saved["data_shape"]))
+    net = build_network(method.data_shape, _network_from_dict(recipe["network"]), method.extra_outputs)
+    net.load_state_dict(saved["state_dict"])
+    net.to(device).eval()
+    return method, net
+
+
+def _network_from_dict(section: dict):
+    from pipeline.config import NetworkSection
+
+    return NetworkSection.model_validate(section)
+
+
+# ---------------------------------------------------------------- sample
+
+
+def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed: int,
+               progress: bool = True) -> Path:
+    device = resolve_device(params.device)
+    method, net = load_model(root, params, method_name, dataset, seed, device)
+    runs = method.sampler_runs()
+    arrays, index = {}, []
+    iterator = runs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(runs, desc=f"sample {method_name}/{dataset}", unit="run", mininterval=1.0)
+    n, batch = params.sample.n_samples, params.sample.batch_size
+    for sampler, budget in iterator:
+        generator = torch.Generator(device=device).manual_seed(
+            derive_seed(seed, "sample", method_name, dataset, sampler, budget))
+        chunks, nfe, started = [], 0, time.perf_counter()
+        for offset in range(0, n, batch):
+            result = method.sample(net, sampler, budget, min(batch, n - offset), generator, device)
+            chunks.append(result.x.float().cpu())
+            nfe = max(nfe, result.nfe)
+        key = run_key(sampler, budget)
+        arrays[key] = torch.cat(chunks).numpy()
+        index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe,
+                      "seconds": round(time.perf_counter() - started, 3)})
+    arrays["index"] = np.array(json.dumps(index))
+    write_npz(samples_file(root, method_name, dataset, seed), **arrays)
+    return samples_file(root, method_name, dataset, seed)
+
+
+def load_samples(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    if not path.exists():
+        raise StageError(f"{path} is missing; run the sample stage first (`dvc repro`)")
+    with np.load(path) as archive:
+        index = json.loads(str(archive["index"]))
+        return index, {row["key"]: archive[row["key"]] for row in index}
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _record(table: dict, sampler: str, nfe: int, metric: str, value: float) -> None:
+    table.setdefault(sampler, {}).setdefault(str(nfe), {})[metric] = _clean(value)
+
+
+def _clean(value: float) -> float | None:
+    value = float(value)
+    return round(value, 10) if math.isfinite(value) else None
+
+
+def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, seed: int) -> Path:
+    """W2 of every sampler x budget against the test split, and the method's likelihoods."""
+    device = resolve_device(params.device)
+    data = datasets.load(data_file(root, dataset))
+    method, net = load_model(root, params, method_name, dataset, seed, device)
+    index, samples = load_samples(samples_file(root, method_name, dataset, seed))
+    cfg = params.evaluate
+    table: dict = {}
+    n = min(cfg.w2_points, len(data.test))
+    for row in index:
+        x = samples[row["key"]][:n]
+        _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
+        _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
+        _record(table, row["sampler"], row["nfe"], "sample_seconds", row["seconds"])
+    x_test = torch.from_numpy(data.test[: cfg.nll_points]).to(device)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
+    context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
+    for record in method.log_likelihood(net, x_test, generator, context):
+        nll = -record.log_prob.double().cpu()
+        _record(table, record.sampler, record.nfe, "nll", nll.mean())
+        _record(table, record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll)))
+        _record(table, record.sampler, record.nfe, "nll_n", len(nll))
+    write_json(metrics_file(root, method_name, dataset, seed), table)
+    return metrics_file(root, method_name, dataset, seed)
+
+
+def run_baseline(root: Path, params: Params, dataset: str) -> Path:
+    """The data floor: W2 between disjoint reference chunks and the test split (mean and sd over chunks)."""
+    data = datasets.load(data_file(root, dataset))
+    cfg = params.evaluate
+    n = min(cfg.w2_points, len(data.test))
+    values = [w2_exact(data.reference[k * n:(k + 1) * n], data.test[:n])
+              for k in range(cfg.floor_repeats) if (k + 1) * n <= len(data.reference)]
+    if not values:
+        raise StageError(f"data.n_reference must be at least evaluate.w2_points ({n}) to compute the data floor")
+    table: dict = {}
+    _record(table, "data", 0, "w2", float(np.mean(values)))
+    _record(table, "data", 0, "w2_sd", float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
+    _record(table, "data", 0, "w2_n", n)
+    if dataset == "gaussian_mixture":
+        from pipeline.oracle import oracle_mixture
+
+        nll = -oracle_mixture().log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
+        _record(table, "data", 0, "nll", nll.mean())
+        _record(table, "data", 0, "nll_se", nll.std() / math.sqrt(len(nll)))
+        _record(table, "data", 0, "nll_n", len(nll))
+    write_json(baseline_file(root, dataset), table)
+    return baseline_file(root, dataset)

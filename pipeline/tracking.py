@@ -1,0 +1,128 @@
+"""MLflow as a view of the pipeline's outputs (the only module that imports mlflow).
+
+The final DVC stage publishes, from the files the stages wrote, one parent run per pipeline
+state (the hash of dvc.lock without this stage's own entry) and one child run per method x data
+set x seed, with params, the replayed loss curve, every metric by sampler and NFE, and the
+figures. Publishing is idempotent: a state already published is skipped. Because it reads only
+DVC outputs, a stage that DVC skipped or restored from its cache never leaves a hole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline.config import Params
+from pipeline.data import DATASETS
+from pipeline.io import sha256_bytes
+from pipeline.stages import StageError, loss_file, model_file
+
+PUBLISH_STAGE = "publish"
+
+
+class TrackingError(Exception):
+    """The tracking server or store cannot be used; the message says what to do."""
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else sqlite:///<repo>/mlflow.db (absolute, so `mlflow ui` there sees it)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+
+
+def pipeline_state(root: Path) -> str:
+    """Hash of dvc.lock without the publish stage (or of params.yaml when there is no lock yet)."""
+    lock = Path(root) / "dvc.lock"
+    if lock.exists():
+        content = yaml.safe_load(lock.read_text()) or {}
+        stages = {k: v for k, v in (content.get("stages") or {}).items() if k != PUBLISH_STAGE}
+        return sha256_bytes(json.dumps(stages, sort_keys=True).encode())[:16]
+    return sha256_bytes((Path(root) / "params.yaml").read_bytes())[:16]
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def publish(root: Path, params: Params) -> str:
+    """Log the current pipeline state to MLflow; returns the parent run id (existing or new)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root = Path(root)
+    results_path = root / "reports" / "results.csv"
+    if not results_path.exists():
+        raise StageError(f"{results_path} is missing; run the report stage first (`dvc repro`)")
+    uri = tracking_uri(root)
+    state = pipeline_state(root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.set_experiment(params.mlflow.experiment)
+        client = MlflowClient(uri)
+        existing = client.search_runs([experiment.experiment_id],
+                                      filter_string=f"tags.pipeline_state = '{state}' and tags.pipeline_role = 'parent'")
+    except Exception as error:  # mlflow raises many types for an unreachable or broken store
+        raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(error).__name__}); check "
+                            f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db") from None
+    if existing:
+        return existing[0].info.run_id
+    results = pd.read_csv(results_path)
+    commit = git_commit(root)
+    common_tags = {"pipeline_state": state, "git_commit": commit, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+    with mlflow.start_run(run_name=f"pipeline-{state[:8]}", tags={**common_tags, "pipeline_role": "parent"}) as parent:
+        mlflow.log_params({"datasets": json.dumps(params.datasets), "methods": json.dumps(list(params.methods)),
+                           "seeds": json.dumps(params.seeds)})
+        mlflow.log_artifact(str(results_path))
+        mlflow.log_artifact(str(root / "reports" / "summary.md"))
+        figures = root / "reports" / "figures"
+        if figures.exists():
+            mlflow.log_artifacts(str(figures), "figures")
+        for dataset in params.datasets:
+            for method in params.methods:
+                for seed in params.seeds:
+                    _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id)
+        return parent.info.run_id
+
+
+def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: str, dataset: str, seed: int,
+                   tags: dict, parent_id: str) -> None:
+    import mlflow
+
+    run_tags = {**tags, "pipeline_role": "child", "method": method, "dataset": dataset, "seed": str(seed)}
+    with mlflow.start_run(run_name=f"{method}-{dataset}-{seed}", nested=True, tags=run_tags,
+                          parent_run_id=parent_id):
+        flat = _flatten("", {"method": params.method_config(method).model_dump(),
+                             "train": params.train_settings(method, DATASETS[dataset]).model_dump()}, {})
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        model = model_file(root, method, dataset, seed)
+        if model.exists():
+            from pipeline.io import sha256_file
+
+            mlflow.set_tag("model_sha256", sha256_file(model))
+        curve_path = loss_file(root, method, dataset, seed)
+        if curve_path.exists():
+            curve = pd.read_csv(curve_path)
+            for row in curve.itertuples():
+                mlflow.log_metric("train_loss", float(row.loss), step=int(row.step))
+        rows = results[(results.method == method) & (results.dataset == dataset) & (results.seed == seed)]
+        for row in rows.itertuples():
+            if pd.notna(row.value):
+                mlflow.log_metric(f"{row.metric}/{row.sampler}", float(row.value), step=int(row.nfe))

@@ -1,0 +1,151 @@
+"""The one training loop: Adam, warm-up + cosine learning rate, EMA, gradient clipping, resumable.
+
+It knows no method names: it minimises mean(loss_fn(net, batch, generator)) over random batches
+of a tensor of training examples. A checkpoint holds the network, its EMA, the optimizer, the
+step, the loss history and every random generator's state, so a run killed at any point and
+restarted from its last checkpoint ends with bit-identical weights (on the same machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import TrainSettings
+from pipeline.io import save_torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(Exception):
+    """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is truncated or was made by other parameters."""
+
+
+@dataclass
+class TrainResult:
+    ema_state: dict[str, Tensor]
+    loss_history: list[tuple[int, float, float]]  # (step, mean loss over the logging window, lr)
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up to lr, then constant or cosine decay to zero."""
+    if settings.warmup_steps and step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def load_checkpoint(path: Path, identity: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a truncated file
+        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this pipeline; delete it to start over")
+    if state.get("identity") != identity:
+        raise CheckpointError(f"{path} was made by other parameters (identity {state.get('identity')}, "
+                              f"expected {identity}); delete it to start over")
+    return state
+
+
+def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor], data: Tensor,
+          settings: TrainSettings, seed: int, checkpoint_path: Path, identity: str,
+          device: torch.device | str = "cpu", progress: bool = True,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train `net` in place and return its EMA weights and loss history.
+
+    checkpoint_path: where the resumable state is written every `checkpoint_every` steps; an
+    existing checkpoint with the same `identity` (a hash of everything that made the run) resumes.
+    """
+    device = torch.device(device)
+    net.to(device)
+    data = data.to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    torch.manual_seed(seed)
+    history: list[tuple[int, float, float]] = []
+    window: list[Tensor] = []
+    start = 0
+    checkpoint_path = Path(checkpoint_path)
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, identity)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history = [tuple(row) for row in state["history"]]
+        window = [torch.tensor(w, device=device) for w in state["window"]]
+        start = state["step"]
+
+    def save(step: int) -> None:
+        save_torch(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
+            "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "history": history, "window": [float(w) for w in window],
+        })
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=1.0)
+    n = data.shape[0]
+    for step in range(start, settings.steps):
+        lr = learning_rate(step, settings)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(0, n, (min(settings.batch_size, n),), generator=generator, device=device)
+        loss = loss_fn(net, data[index], generator).mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"non-finite loss at step {step}; the last good checkpoint "
+                                   f"{checkpoint_path} is kept")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"non-finite gradient at step {step}; the last good checkpoint "
+                                   f"{checkpoint_path} is kept")
+        optimizer.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p, 1 - settings.ema_decay)
+            for b_ema, b in zip(ema.buffers(), net.buffers()):
+                b_ema.copy_(b)
+        window.append(loss.detach())
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.steps:
+            history.append((done, float(torch.stack(window).mean()), lr))
+            window = []
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+        if done % settings.checkpoint_every == 0 and done < settings.steps:
+            save(done)
+        if on_step is not None:
+            on_step(done)
+    if bar is not None:
+        bar.close()
+    if start < settings.steps or not checkpoint_path.exists():
+        save(settings.steps)
+    return TrainResult({k: v.detach().cpu() for k, v in ema.state_dict().items()}, history)
