@@ -68,7 +68,9 @@ def ode_rk45(velocity_fn: VelocityFn, x: Tensor, t_start: float, t_end: float, r
         return fn(y, _time(t, y))
 
     times = torch.tensor([t_start, t_end], dtype=x.dtype, device=x.device)
-    path = odeint(rhs, x, times, rtol=rtol, atol=atol, method="dopri5")
+    # step_t: the last step lands on t_end instead of stepping past it and interpolating, so the drift
+    # is never evaluated outside [t_end, t_start] (the VP path has no sigma_t at t < 0)
+    path = odeint(rhs, x, times, rtol=rtol, atol=atol, method="dopri5", options={"step_t": times})
     return SolverResult(path[-1], fn.calls)
 
 
@@ -89,6 +91,55 @@ def sde_euler_maruyama(drift_fn: VelocityFn, diffusion_fn: Callable[[Tensor], Te
             g = diffusion_fn(tt).reshape(-1, *([1] * (x.ndim - 1)))
             x = x + g * abs(float(h)) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype,
                                                             device=x.device)
+    return SolverResult(x, fn.calls)
+
+
+def _normal(x: Tensor, generator: torch.Generator) -> Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def langevin_step(score: Tensor, x: Tensor, snr: float, scale: float, generator: torch.Generator) -> Tensor:
+    """One Langevin MCMC step x + eps s + sqrt(2 eps) z whose size follows the signal-to-noise rule
+    eps = 2 scale (snr ||z|| / ||s||)^2, norms averaged over the batch (Song et al. 2021, Alg. 4-5)."""
+    z = _normal(x, generator)
+    score_norm = score.flatten(1).norm(dim=1).mean()
+    noise_norm = z.flatten(1).norm(dim=1).mean()
+    step = 2.0 * scale * (snr * noise_norm / score_norm.clamp_min(1e-12)) ** 2
+    return x + step * score + (2.0 * step).sqrt() * z
+
+
+def predictor_corrector(score_fn: VelocityFn, transition_fn: Callable[[float, float], tuple[float, float]],
+                        x: Tensor, time_grid: Tensor, generator: torch.Generator, snr: float,
+                        corrector_steps: int = 1) -> SolverResult:
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3): at each grid time t, `corrector_steps`
+    Langevin steps, then one reverse-diffusion step to the next grid time.
+
+    transition_fn(t, t_next) -> (a, G^2) describes the forward kernel x_t | x_{t_next} ~ N(a x_{t_next}, G^2 I).
+    Reverse diffusion inverts the discretized forward step x_t = x_{t_next} + f + G z with f = (a - 1) x:
+        x <- x - (a - 1) x + G^2 s(x, t) + G z        (Song et al. 2021, eq. 46; their ReverseDiffusionPredictor).
+    The corrector's scale is a^2 (= alpha_i = 1 - beta_i of the step for VP / sub-VP, 1 for VE). Every step,
+    the last included, adds its noise, so the result is a sample of p at the grid's end. NFE = steps (M + 1).
+    """
+    fn = CountingFn(score_fn)
+    for t, t_next in zip(time_grid[:-1].tolist(), time_grid[1:].tolist()):
+        tt = _time(t, x)
+        a, g_squared = transition_fn(t, t_next)
+        for _ in range(corrector_steps):
+            x = langevin_step(fn(x, tt), x, snr, a**2, generator)
+        x = (2.0 - a) * x + g_squared * fn(x, tt) + g_squared**0.5 * _normal(x, generator)
+    return SolverResult(x, fn.calls)
+
+
+def annealed_langevin(score_fn: VelocityFn, x: Tensor, level_times: Tensor, step_sizes: Tensor,
+                      steps_per_level: int, generator: torch.Generator) -> SolverResult:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1): for each level, from the noisiest,
+    `steps_per_level` steps x <- x + eta s(x, t_level) + sqrt(2 eta) z with that level's step size eta.
+    NFE = levels x steps_per_level."""
+    fn = CountingFn(score_fn)
+    for t, eta in zip(level_times.tolist(), step_sizes.tolist()):
+        tt = _time(t, x)
+        for _ in range(steps_per_level):
+            x = x + eta * fn(x, tt) + (2.0 * eta) ** 0.5 * _normal(x, generator)
     return SolverResult(x, fn.calls)
 
 

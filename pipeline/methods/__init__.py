@@ -9,10 +9,16 @@ from __future__ import annotations
 from pipeline.methods.base import Method
 from pipeline.methods.ddpm import DDPM
 from pipeline.methods.flow_matching import FlowMatching
+from pipeline.methods.score_sde import VESDE, VPSDE, SubVPSDE
+from pipeline.methods.smld import SMLD
 
 METHODS: dict[str, type[Method]] = {
     "ddpm": DDPM,
     "flow_matching": FlowMatching,
+    "vp_sde": VPSDE,
+    "subvp_sde": SubVPSDE,
+    "ve_sde": VESDE,
+    "smld": SMLD,
 }
 
 

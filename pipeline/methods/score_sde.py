@@ -1,0 +1,136 @@
+"""Score-based generative modeling through SDEs (Song et al. 2021): the VP, sub-VP and VE SDEs.
+
+Training is continuous-time denoising score matching with the standard weighting lambda(t) = sigma_t^2,
+    E_{t ~ U[1e-5, 1]} E || sigma_t s_theta(x_t, t) + eps ||^2 = E || eps_theta(x_t, t) - eps ||^2
+with s_theta = -eps_theta / sigma_t (methods.md 2.4-2.6). For VE an eps-network is NCSN's scale-by-sigma
+score network. The loss is averaged over dimensions (the VP configs of the released code; the VE configs
+sum and halve, a constant factor).
+
+Samplers (methods.md 2.7) run from t = 1 to t = 1e-3 and finish with Tweedie's denoising step:
+  euler_maruyama  the reverse SDE dx = [f x - g^2 s] dt + g dw_bar,
+  pc              reverse-diffusion predictor + one Langevin corrector step (signal-to-noise rule),
+  ode_*           the probability-flow ODE dx/dt = f x - 1/2 g^2 s (shared with every affine method).
+The likelihood is the probability-flow ODE's (AffineMethod.log_likelihood).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from pipeline.config import MethodConfig
+from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
+from pipeline.methods.base import SamplerSpec
+from pipeline.parameterization import Prediction
+from pipeline.paths import SubVPPath, VEPath, VPPath
+from pipeline.solvers import SolverResult, predictor_corrector, sde_euler_maruyama, uniform_grid
+
+
+class VPSDEConfig(MethodConfig):
+    beta_min: float = Field(0.1, gt=0)
+    beta_max: float = Field(20.0, gt=0)
+    #: signal-to-noise ratio r of the PC sampler's Langevin corrector (0.16 as Song et al.'s VE setting)
+    snr: float = Field(0.16, gt=0)
+
+    @model_validator(mode="after")
+    def _increasing_beta(self) -> "VPSDEConfig":
+        if self.beta_max <= self.beta_min:
+            raise ValueError("beta_max must exceed beta_min")
+        return self
+
+
+class VESDEConfig(MethodConfig):
+    sigma_min: float = Field(0.01, gt=0)
+    #: must be at least the data's diameter, or the prior misses modes (methods.md 6.2)
+    sigma_max: float = Field(10.0, gt=0)
+    snr: float = Field(0.16, gt=0)
+
+    @model_validator(mode="after")
+    def _increasing_sigma(self) -> "VESDEConfig":
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError("sigma_max must exceed sigma_min")
+        return self
+
+
+class ScoreSDE(AffineMethod):
+    """An eps-network on one of Song et al.'s SDE paths; subclasses choose the path."""
+
+    prediction = Prediction.EPS
+
+    def reverse_sde(self, net):
+        """Drift f x - g^2 s and diffusion g of the reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6)."""
+        score = self.score_fn(net)
+
+        def drift(x: Tensor, t: Tensor) -> Tensor:
+            c = self.path(t).broadcast_to(x)
+            return c.drift * x - c.diffusion_squared * score(x, t)
+
+        def diffusion(t: Tensor) -> Tensor:
+            return self.path(t).diffusion_squared.clamp_min(0).sqrt()
+
+        return drift, diffusion
+
+    def transition(self, t: float, t_next: float) -> tuple[float, float]:
+        """Forward kernel x_t | x_{t_next} ~ N(a x_{t_next}, G^2 I) of the path: a = alpha_t / alpha_{t_next},
+        G^2 = sigma_t^2 - a^2 sigma_{t_next}^2. For VP this is the chain's beta_i = 1 - a^2, for VE
+        G^2 = sigma_t^2 - sigma_{t_next}^2 (methods.md 2.7)."""
+        c, c_next = (self.path(torch.tensor([time], dtype=torch.float64)) for time in (t, t_next))
+        a = float(c.alpha / c_next.alpha)
+        return a, float(c.sigma**2 - a**2 * c_next.sigma**2)
+
+
+def sample_euler_maruyama(method: ScoreSDE, net, x: Tensor, budget: int, generator) -> SolverResult:
+    """Euler-Maruyama on the reverse SDE, budget - 1 steps from t = 1 to 1e-3, then Tweedie's denoising step."""
+    drift, diffusion = method.reverse_sde(net)
+    grid = uniform_grid(max(budget - 1, 1), 1.0, method.t_end_sample)
+    result = sde_euler_maruyama(drift, diffusion, x, grid, generator, final_noise=True)
+    return method.denoise(net, result)
+
+
+def sample_predictor_corrector(method: ScoreSDE, net, x: Tensor, budget: int, generator) -> SolverResult:
+    """Reverse-diffusion predictor + one Langevin corrector step per time (Song et al. 2021, Alg. 2-3):
+    2 NFE per step, so budget // 2 steps, then Tweedie's denoising step."""
+    grid = uniform_grid(max(budget // 2, 1), 1.0, method.t_end_sample)
+    result = predictor_corrector(method.score_fn(net), method.transition, x, grid, generator, method.config.snr)
+    return method.denoise(net, result)
+
+
+SDE_SAMPLERS = {
+    "euler_maruyama": SamplerSpec(sample_euler_maruyama, description="reverse SDE, Euler-Maruyama"),
+    "pc": SamplerSpec(sample_predictor_corrector, description="reverse diffusion + Langevin corrector"),
+    **ODE_SAMPLERS,
+}
+
+
+class VPSDE(ScoreSDE):
+    """VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (Song et al. 2021, eq. 11)."""
+
+    Config = VPSDEConfig
+    samplers = dict(SDE_SAMPLERS)
+
+    def __init__(self, config: VPSDEConfig, data_shape):
+        super().__init__(config, data_shape)
+        self.path = VPPath(config.beta_min, config.beta_max)
+
+
+class SubVPSDE(ScoreSDE):
+    """sub-VP SDE (Song et al. 2021, eq. 34): VP's mean, standard deviation 1 - alpha_t^2."""
+
+    Config = VPSDEConfig
+    samplers = dict(SDE_SAMPLERS)
+
+    def __init__(self, config: VPSDEConfig, data_shape):
+        super().__init__(config, data_shape)
+        self.path = SubVPPath(config.beta_min, config.beta_max)
+
+
+class VESDE(ScoreSDE):
+    """VE SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw, prior N(0, sigma_max^2 I) (Song et al. 2021, eq. 9)."""
+
+    Config = VESDEConfig
+    samplers = dict(SDE_SAMPLERS)
+
+    def __init__(self, config: VESDEConfig, data_shape):
+        super().__init__(config, data_shape)
+        self.path = VEPath(config.sigma_min, config.sigma_max)
