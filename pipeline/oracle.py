@@ -41,6 +41,10 @@ class GaussianMixture:
         return means, covs
 
     def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return self._posterior(x, alpha, sigma)[:2]
+
+    def _posterior(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log p_t(x), its score and E[x_data | x_t = x] (per component: mu + alpha S C^-1 (x - alpha mu))."""
         x = x.double()
         means, covs = self._marginal(alpha.double(), sigma.double())
         diff = x[:, None, :] - means
@@ -51,7 +55,10 @@ class GaussianMixture:
         log_prob = torch.logsumexp(log_comp, dim=1)
         responsibility = torch.softmax(log_comp, dim=1)
         score = -(responsibility[..., None] * precision_diff).sum(1)
-        return log_prob, score
+        component_x0 = self.means[None] + alpha[:, None, None] * (
+            self.covariances[None] @ precision_diff.unsqueeze(-1)).squeeze(-1)
+        x0 = (responsibility[..., None] * component_x0).sum(1)
+        return log_prob, score, x0
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of the data distribution (t = 0), per sample."""
@@ -87,17 +94,20 @@ class OracleNetwork(torch.nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t = GaussianMixture._times(t, x)
-        c = self.path(t).broadcast_to(x.double())
-        score = self.mixture.score(x, t, self.path)
+        coefficients = self.path(t)
+        c = coefficients.broadcast_to(x.double())
+        _, score, x0 = self.mixture._posterior(x, coefficients.alpha.double(), coefficients.sigma.double())
         eps = -c.sigma * score
-        x0 = (x.double() + c.sigma**2 * score) / c.alpha
         return from_x0_and_eps(x0, eps, self.prediction, c).to(x.dtype)
 
 
 def oracle_mixture() -> GaussianMixture:
     """The benchmark's `gaussian_mixture` data set: four anisotropic components, roughly unit scale."""
     means = torch.tensor([[-1.2, -0.8], [1.3, -0.6], [0.2, 1.3], [-0.9, 1.0]])
-    rot = lambda a: torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])  # noqa: E731
+
+    def rot(a: float) -> torch.Tensor:
+        return torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
     scales = [(0.35, 0.12), (0.25, 0.25), (0.4, 0.1), (0.15, 0.2)]
     angles = [0.4, 0.0, -0.7, 1.1]
     covs = torch.stack([rot(a) @ torch.diag(torch.tensor(s) ** 2) @ rot(a).T for s, a in zip(scales, angles)])

@@ -1,0 +1,72 @@
+"""The `pipeline` command: help, listing, and the stage commands on a tiny params file."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["validate", "prepare", "train", "sample", "evaluate", "report", "publish", "list"]
+
+
+@pytest.fixture()
+def tiny_params(tmp_path):
+    params = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
+    params["datasets"] = ["moons"]
+    params["methods"] = {"flow_matching": {"budgets": [4], "samplers": ["ode_euler"]}}
+    params["train"]["toy"].update(steps=30, checkpoint_every=10, log_every=10)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_list_prints_datasets_methods_and_samplers():
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in ("moons", "checkerboard", "gaussian_mixture", "ddpm", "flow_matching", "ancestral_beta", "ode_heun"):
+        assert name in result.output
+
+
+def test_stage_commands_write_their_outputs(tiny_params):
+    runner = CliRunner()
+    root = tiny_params.parent
+    args = ["--params", str(tiny_params)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    with np.load(root / "data" / "moons.npz") as archive:
+        assert archive["train"].shape[1] == 2 and abs(archive["train"].mean()) < 0.05
+    first = (root / "data" / "moons.npz").read_bytes()
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    assert (root / "data" / "moons.npz").read_bytes() == first, "prepare must be deterministic"
+    for command in (["train", "-m", "flow_matching", "-d", "moons", "--no-progress"],
+                    ["sample", "-m", "flow_matching", "-d", "moons", "--no-progress"],
+                    ["evaluate", "-m", "flow_matching", "-d", "moons"],
+                    ["evaluate", "-d", "moons"],
+                    ["report"]):
+        result = runner.invoke(app, [*args, *command])
+        assert result.exit_code == 0, (command, result.output)
+    assert (root / "models" / "flow_matching" / "moons" / "seed0.pt").exists()
+    assert (root / "reports" / "figures" / "samples.png").exists()
+    header = (root / "reports" / "results.csv").read_text().splitlines()[0]
+    assert header == "dataset,method,sampler,nfe,seed,metric,value"
+
+
+def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "train", "-m", "ddpm", "-d", "moons"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "ddpm" in result.output
+
+
+def test_a_missing_data_file_says_what_to_run(tiny_params):
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "train", "-m", "flow_matching", "-d", "moons"])
+    assert result.exit_code == 2 and "dvc repro" in result.output
