@@ -31,6 +31,12 @@ def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="Para
     _state["root"] = Path(os.environ.get("DVC_ROOT", ".")) if params == Path("params.yaml") else params.parent
 
 
+#: no usage telemetry (nothing leaves the machine unless a remote tracking URI asks for it), and an
+#: unreachable server reported within seconds instead of after MLflow's 7 retries of up to 2 minutes each
+_MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -56,6 +62,10 @@ def _run(action):
         _fail(str(error), 2)
     except TrainingDiverged as error:
         _fail(str(error), 1)
+    except OSError as error:  # a full disk, a read-only folder, a path that is a directory
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(f"{where}{error.strerror or error}; check the path, its permissions and the free disk space "
+              f"(--debug shows where)", 1)
     except KeyboardInterrupt:
         _fail("interrupted; outputs were left untouched and training resumes from its last checkpoint", 130)
 
@@ -145,6 +155,9 @@ def report() -> None:
 def publish() -> None:
     """Publish the pipeline's outputs to MLflow (skipped when this state was already published)."""
     from pipeline.tracking import publish as publish_runs, tracking_uri
+
+    for name, value in _MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
     def action(params):
         run_id = publish_runs(_state["root"], params)

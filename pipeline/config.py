@@ -6,8 +6,10 @@ Each method's own section is validated by the `Config` class its module declares
 
 from __future__ import annotations
 
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -18,8 +20,9 @@ class ParamsError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown keys, no silent coercion (true is not 1, "3" is not 3), no inf or nan."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 class TrainSettings(Strict):
     """One training run (Adam, linear warm-up then cosine decay, EMA of the weights, gradient clipping)."""
@@ -89,15 +92,42 @@ class ReportSection(Strict):
 
 
 class MlflowSection(Strict):
-    experiment: str = "benchmark"
+    experiment: str = Field("benchmark", min_length=1)
 
 
 class MethodConfig(Strict):
     """Keys every method section accepts; a method's Config subclass adds its own."""
 
-    samplers: list[str] | None = None
+    samplers: list[str] | None = Field(None, min_length=1)
     budgets: list[PositiveInt] = Field(default_factory=lambda: [1000, 100, 20, 10], min_length=1)
     train: TrainOverrides = TrainOverrides()
+
+    @field_validator("samplers", "budgets")
+    @classmethod
+    def _distinct(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError("entries must not repeat")
+        return values
+
+    @model_validator(mode="after")
+    def _conventional_ranges(self) -> "MethodConfig":
+        """Checks every method's keys share by name: <x>_min below <x>_max, DDIM's eta in [0, 1]
+        (Song, Meng, Ermon 2021, eq. 16: eta = 0 is DDIM, eta = 1 is DDPM's ancestral variance)."""
+        fields = dict(self)
+        for name, value in fields.items():
+            partner = name[: -len("_min")] + "_max" if name.endswith("_min") else None
+            if partner in fields and _is_number(value) and _is_number(fields[partner]) \
+                    and value >= fields[partner]:
+                raise ValueError(f"{name} ({value}) must be below {partner} ({fields[partner]})")
+            if name in ("eta", "etas") or name.endswith(("_eta", "_etas")):
+                for eta in value if isinstance(value, (list, tuple)) else [value]:
+                    if _is_number(eta) and not 0 <= eta <= 1:
+                        raise ValueError(f"{name} must lie in [0, 1], got {eta}")
+        return self
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Params(Strict):
@@ -139,12 +169,12 @@ class Params(Strict):
         validated = {}
         for name, section in self.methods.items():
             if name not in METHODS:
-                raise ValueError(f"methods.{name}: unknown method; accepted: {', '.join(sorted(METHODS))}")
+                raise ValueError(f"methods.{_key(name)}: unknown method; accepted: {', '.join(sorted(METHODS))}")
             method_cls = METHODS[name]
             try:
-                config = method_cls.Config.model_validate(section or {})
+                config = method_cls.Config.model_validate({} if section is None else section)
             except ValidationError as error:
-                raise ValueError(_first_error(error, prefix=f"methods.{name}")) from None
+                raise ValueError(_first_error(error, prefix=f"methods.{name}", model=method_cls.Config)) from None
             unknown = set(config.samplers or []) - set(method_cls.samplers)
             if unknown:
                 raise ValueError(f"methods.{name}.samplers: unknown sampler {sorted(unknown)[0]!r}; "
@@ -162,16 +192,101 @@ class Params(Strict):
         return base.model_copy(update=overrides)
 
 
-def _first_error(error: ValidationError, prefix: str = "") -> str:
+_EXPECTED = {"model_type": "a mapping of keys", "dict_type": "a mapping of keys", "list_type": "a list",
+             "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "bool_parsing": "true or false", "string_type": "a string", "finite_number": "a finite number"}
+
+
+def _show(value: Any) -> str:
+    """A short one-line rendering of a value a user wrote."""
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, (dict, list)):
+        return f"{'a mapping' if isinstance(value, dict) else 'a list'} {text}"
+    return "an empty value" if value is None else text
+
+
+def _resolve(annotation: Any) -> Any:
+    """The model, list or dict type inside Annotated[...] and X | None."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _resolve(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return _resolve(members[0]) if len(members) == 1 else annotation
+    return annotation
+
+
+def _model_fields(annotation: Any) -> list[str]:
+    resolved = _resolve(annotation)
+    return list(resolved.model_fields) if isinstance(resolved, type) and issubclass(resolved, BaseModel) else []
+
+
+def _key(part: Any) -> str:
+    """A key as it reads in a dotted path; quoted when it is empty or not a plain name."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_\-]+", text) else _show(part)
+
+
+def _locate(model: type[BaseModel] | None, loc: tuple) -> tuple[str, list[str], list[str]]:
+    """The dotted key path of a pydantic error location (union-member tags dropped), the keys accepted
+    by the section holding the last key, and the keys accepted at the location itself."""
+    path: list[str] = []
+    current: Any = model
+    holder: list[str] = []
+    for part in loc:
+        current = _resolve(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            holder = list(current.model_fields)
+            path.append(_key(part))
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            current = field.annotation if field else None
+        elif get_origin(current) in (list, tuple) and isinstance(part, int):
+            path[-1] = f"{path[-1]}[{part}]" if path else f"[{part}]"
+            current = get_args(current)[0] if get_args(current) else None
+        elif get_origin(current) is dict and part != "[key]":
+            path.append(_key(part))
+            current = get_args(current)[1] if get_args(current) else None
+        elif (current is None or current is Any) and part != "[key]":
+            path.append(_key(part))
+    return ".".join(path), holder, _model_fields(current)
+
+
+def _first_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line for the first mistake: `key.path: what is wrong; what is accepted`."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if part not in ("function-after",))
+    kind, value, context = first["type"], first.get("input"), first.get("ctx") or {}
+    location, holder_keys, keys_here = _locate(model, first["loc"])
     key = ".".join(p for p in (prefix, location) if p)
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    if first["type"] == "missing":
+    if kind == "extra_forbidden":
+        message = f"unknown key; accepted: {', '.join(holder_keys)}" if holder_keys else "unknown key"
+    elif kind == "missing":
         message = "required key is missing"
-    return f"{key}: {message}" if key else message
+    elif first["loc"] and first["loc"][-1] == "[key]":
+        message = f"keys must be names (strings), got {_show(value)}"
+    elif kind in _EXPECTED:
+        message = f"expected {_EXPECTED[kind]}, got {_show(value)}"
+        message += f"; accepted keys: {', '.join(keys_here)}" if keys_here else ""
+    elif kind == "literal_error":
+        message = f"got {_show(value)}; accepted: {context.get('expected')}"
+    elif kind in ("too_short", "string_too_short") and context.get("min_length") == 1:
+        message = "must not be empty"
+    elif kind == "value_error":
+        message = str(context.get("error", first["msg"])) or first["msg"]
+    else:
+        message = first["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+        message += f", got {_show(value)}" if not isinstance(value, dict) else ""
+    line = f"{key}: {message}" if key else message
+    return " ".join(line.split())
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3 as the number DVC's YAML 1.2 reader sees (YAML 1.1 reads a string)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -180,7 +295,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: file not found; run from the repository root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: cannot be read as text ({type(error).__name__})") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -190,4 +309,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        raise ParamsError(f"{path}: {_first_error(error)}") from None
+        raise ParamsError(f"{path}: {_first_error(error, model=Params)}") from None

@@ -1,7 +1,8 @@
 """Atomic file writes and content hashes.
 
 Every output is written to a temporary name in the destination's directory and renamed into
-place, so an interrupted stage leaves either the old output or none, never half a file.
+place, so an interrupted stage leaves either the old output or none, never half a file. A
+temporary left behind by a killed process is removed by the next write of the same output.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,16 +24,37 @@ import numpy as np
 FAULT_HOOK: Callable[[Path], None] | None = None
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporaries of `path` that a killed writer left (the names mkstemp/mkdtemp gave them)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:[a-z0-9_]{{8}}\.tmp|old)")
+    for leftover in path.parent.iterdir():
+        if pattern.fullmatch(leftover.name):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _flush_to_disk(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it onto `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _flush_to_disk(tmp_path)
         if FAULT_HOOK is not None:
             FAULT_HOOK(path)
         os.replace(tmp_path, path)
@@ -45,6 +68,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a fresh temporary directory beside `path`; it replaces `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import TrainSettings
-from pipeline.io import save_torch
+from pipeline.io import save_torch, sha256_bytes
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,6 +48,18 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
     return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def weights_digest(*state_dicts: dict[str, Tensor]) -> str:
+    """sha256 of the tensors' bytes in key order: the content hash a checkpoint records and is checked against."""
+    parts = []
+    for state in state_dicts:
+        for key in sorted(state):
+            value = state[key]
+            data = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() \
+                if isinstance(value, Tensor) else repr(value).encode()
+            parts.append(key.encode() + b"\0" + sha256_bytes(data).encode())
+    return sha256_bytes(b"\n".join(parts))
+
+
 def load_checkpoint(path: Path, identity: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -58,6 +70,9 @@ def load_checkpoint(path: Path, identity: str) -> dict:
     if state.get("identity") != identity:
         raise CheckpointError(f"{path} was made by other parameters (identity {state.get('identity')}, "
                               f"expected {identity}); delete it to start over")
+    if state.get("weights_sha256") != weights_digest(state["model"], state["ema"]):
+        raise CheckpointError(f"{path} is corrupt (its weights do not match their recorded sha256); "
+                              f"delete it to start over")
     return state
 
 
@@ -94,10 +109,20 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         window = [torch.tensor(w, device=device) for w in state["window"]]
         start = state["step"]
 
+    saved_step = [start] if checkpoint_path.exists() else []
+
+    def diverged(what: str, step: int) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {checkpoint_path} (step {saved_step[0]}) is kept"
+                if saved_step else "no checkpoint had been written yet")
+        return TrainingDiverged(f"training diverged: non-finite {what} at step {step + 1}; {kept}; "
+                                f"lower the learning rate (train.lr) or check the data, then run again")
+
     def save(step: int) -> None:
+        saved_step[:] = [step]
         save_torch(checkpoint_path, {
             "format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
             "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "weights_sha256": weights_digest(net.state_dict(), ema.state_dict()),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "history": history, "window": [float(w) for w in window],
@@ -117,14 +142,12 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         index = torch.randint(0, n, (min(settings.batch_size, n),), generator=generator, device=device)
         loss = loss_fn(net, data[index], generator).mean()
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"non-finite loss at step {step}; the last good checkpoint "
-                                   f"{checkpoint_path} is kept")
+            raise diverged("loss", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
         if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(f"non-finite gradient at step {step}; the last good checkpoint "
-                                   f"{checkpoint_path} is kept")
+            raise diverged("gradient", step)
         optimizer.step()
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), net.parameters()):
