@@ -175,10 +175,10 @@ class Params(Strict):
                 config = method_cls.Config.model_validate({} if section is None else section)
             except ValidationError as error:
                 raise ValueError(_first_error(error, prefix=f"methods.{name}", model=method_cls.Config)) from None
-            unknown = set(config.samplers or []) - set(method_cls.samplers)
-            if unknown:
-                raise ValueError(f"methods.{name}.samplers: unknown sampler {sorted(unknown)[0]!r}; "
-                                 f"accepted: {', '.join(method_cls.samplers)}")
+            try:
+                method_cls.selected_samplers(config)
+            except ValueError as error:
+                raise ValueError(f"methods.{name}.samplers: {error}") from None
             validated[name] = config
         object.__setattr__(self, "methods", validated)
         return self

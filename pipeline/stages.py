@@ -107,9 +107,13 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
         result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress)
     except CheckpointError as error:
         raise StageError(str(error)) from None
+    net.load_state_dict(result.ema_state)  # what the method computes once from the trained (EMA) network
+    extras = method.after_training(net.eval(), train_data.to(device), torch.Generator(device=device).manual_seed(
+        derive_seed(stage_seed, "after_training")))
     save_torch(model_file(root, method_name, dataset, seed), {
         "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(data.shape),
         "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
+        "extras": extras,
     })
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
@@ -137,6 +141,7 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     net = build_network(method.data_shape, _network_from_dict(recipe["network"]), method.extra_outputs)
     net.load_state_dict(saved["state_dict"])
     net.to(device).eval()
+    method.load_extras(saved.get("extras", {}))
     return method, net
 
 

@@ -5,11 +5,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pipeline.config import NetworkSection, Params
+from pipeline.config import Params
 from pipeline.methods.affine import sample_ode_rk45
 from pipeline.methods.ddpm import DDPM, DDPMConfig, skipped_timesteps
 from pipeline.metrics import w2_exact
-from pipeline.nets import build_network
 
 DDIM_VARIANTS = ["ddim-eta0.0-uniform", "ddim-eta0.0-quadratic", "ddim-eta1.0-uniform", "ddim-eta1.0-quadratic"]
 
@@ -38,11 +37,10 @@ def test_ddim_variants_come_from_the_config_and_the_base_name_selects_them_all()
 
 
 @pytest.mark.parametrize("budget", [1000, 10])
-def test_ddim_with_eta_one_is_the_ancestral_sampler_with_the_posterior_variance(budget):
-    """DDIM's step (eq. 12) with eta = 1 equals the posterior-mean step of Ho et al. for any eps-network."""
-    torch.manual_seed(0)
-    net = build_network((2,), NetworkSection()).eval()
+def test_ddim_with_eta_one_is_the_ancestral_sampler_with_the_posterior_variance(mixture, budget):
+    """DDIM's step (eq. 12) with eta = 1 equals the posterior-mean step of Ho et al. (an identity for any eps)."""
     method = DDPM(DDPMConfig(), (2,))
+    net = mixture.network(method.path, method.prediction)
     ddim = method.sample(net, "ddim-eta1.0-uniform", budget, 256, torch.Generator().manual_seed(3))
     ancestral = method.sample(net, "ancestral_posterior", budget, 256, torch.Generator().manual_seed(3))
     assert ddim.nfe == ancestral.nfe == budget

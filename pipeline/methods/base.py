@@ -61,6 +61,32 @@ class Method(ABC):
         self.config = config
         self.data_shape = tuple(data_shape)
         self.dim = int(torch.tensor(self.data_shape).prod())
+        #: this configuration's samplers: the class table plus variants its config derives
+        self.samplers = self.sampler_table(config)
+
+    @classmethod
+    def sampler_table(cls, config: MethodConfig) -> dict[str, SamplerSpec]:
+        """Every sampler a configuration defines, keyed by its results.csv name (the class table by default)."""
+        return dict(cls.samplers)
+
+    @classmethod
+    def sampler_groups(cls, config: MethodConfig) -> dict[str, list[str]]:
+        """Names that select several samplers at once in `samplers:` (e.g. `ddim`: all its variants)."""
+        return {}
+
+    @classmethod
+    def selected_samplers(cls, config: MethodConfig) -> list[str]:
+        """The sampler names `config.samplers` selects (all by default); ValueError on an unknown name."""
+        table = cls.sampler_table(config)
+        if not config.samplers:
+            return list(table)
+        groups = cls.sampler_groups(config)
+        names: list[str] = []
+        for name in config.samplers:
+            if name not in groups and name not in table:
+                raise ValueError(f"unknown sampler {name!r}; accepted: {', '.join([*table, *groups])}")
+            names.extend(groups.get(name, [name]))
+        return list(dict.fromkeys(names))
 
     @abstractmethod
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
@@ -75,7 +101,7 @@ class Method(ABC):
 
     def sampler_runs(self) -> list[tuple[str, int | None]]:
         """(sampler, budget) pairs this method runs: budget None for adaptive samplers."""
-        names = self.config.samplers or list(self.samplers)
+        names = self.selected_samplers(self.config)
         cap = self.max_budget()
         runs: list[tuple[str, int | None]] = []
         for name in names:
@@ -98,6 +124,13 @@ class Method(ABC):
                        context: EvalContext) -> list[LikelihoodRecord]:
         """Likelihoods this method defines (none by default)."""
         return []
+
+    def after_training(self, net: nn.Module, train: Tensor, generator: torch.Generator) -> dict:
+        """Quantities computed once from the trained network, stored in the model file (none by default)."""
+        return {}
+
+    def load_extras(self, extras: dict) -> None:
+        """Restore what `after_training` computed; the stages call it when they load a model."""
 
     def training_data(self, train: Tensor, net: nn.Module | None = None) -> Tensor:
         """The examples the loss is trained on (the data's training split by default)."""

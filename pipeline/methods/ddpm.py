@@ -1,17 +1,20 @@
-"""DDPM (Ho, Jain, Abbeel 2020): eps-prediction on T discrete steps with linear betas.
+"""DDPM (Ho, Jain, Abbeel 2020) and the samplers that reuse its eps-network unchanged: DDIM (Song,
+Meng, Ermon 2021) and Analytic-DPM (Bao, Li, Zhu, Zhang 2022).
 
 Step i in {1..T} sits at t = i / T on the shared path (pipeline.paths.DiscreteLinearBetaPath).
-Ancestral sampling and the variational bound run on a sub-sequence tau_1 < ... < tau_S of the
-steps when the budget S is below T; the per-step quantities are recomputed from alpha_bar at the
-sub-sequence points (Nichol & Dhariwal 2021, sec. 4; methods.md 2.1, 2.12A):
-    beta_{r|s} = 1 - alpha_bar_r / alpha_bar_s,
+Every sampler runs on a sub-sequence tau_1 < ... < tau_S of the steps (S = the budget); the per-step
+quantities of a step r -> s are recomputed from alpha_bar at the sub-sequence points (Nichol &
+Dhariwal 2021, sec. 4; methods.md 2.1, 2.2, 2.12A):
+    beta_{r|s} = 1 - ab_r / ab_s,
     posterior mean  [sqrt(ab_s) beta_{r|s} / (1 - ab_r)] x0 + [sqrt(ab_r / ab_s)(1 - ab_s) / (1 - ab_r)] x_r,
-    posterior var   (1 - ab_s) beta_{r|s} / (1 - ab_r).
+    posterior var   beta_tilde_{r|s} = (1 - ab_s) beta_{r|s} / (1 - ab_r).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Annotated, Callable, Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -19,10 +22,14 @@ from torch import Tensor, nn
 
 from pipeline.config import MethodConfig
 from pipeline.methods.affine import AffineMethod
+from pipeline.methods.analytic_dpm import AnalyticTable, estimate_table
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
 from pipeline.parameterization import Prediction
 from pipeline.paths import DiscreteLinearBetaPath
 from pipeline.solvers import SolverResult
+
+Skip = Literal["uniform", "quadratic"]
+VarianceFn = Callable[[int, int], float]
 
 
 class DDPMConfig(MethodConfig):
@@ -31,22 +38,30 @@ class DDPMConfig(MethodConfig):
     beta_end: float = Field(0.02, gt=0, lt=1)
     #: clip x0_hat to [-1, 1] while sampling (images only; never for 2-D data, methods.md 6.3)
     clip_x0: bool = False
+    #: DDIM's eta (0: deterministic; 1: DDPM with the posterior variance); one sampler per eta x skipping
+    ddim_etas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
+    ddim_skips: list[Skip] = Field(default_factory=lambda: ["uniform", "quadratic"], min_length=1)
+    #: training points M of Analytic-DPM's Monte Carlo estimate of E||eps_theta(x_n, n)||^2 / d, every n
+    analytic_points: PositiveInt = 2000
 
 
-def skipped_timesteps(num_steps: int, budget: int) -> Tensor:
-    """tau_1 < ... < tau_S: S evenly spaced steps of {1..T} starting at 1 (DDIM's uniform skipping)."""
+def skipped_timesteps(num_steps: int, budget: int, skip: Skip = "uniform") -> Tensor:
+    """tau_1 < ... < tau_S, starting at 1 (Song et al. 2021, sec. 4.2 and app. D.2).
+
+    uniform: floor(k T / S) + 1. quadratic: floor(linspace(0, sqrt(0.8 T), S)^2) + 1 as in the
+    Analytic-DPM code, with repeated steps pushed up by one so that the sequence strictly increases.
+    """
     budget = min(budget, num_steps)
-    return (torch.arange(budget, dtype=torch.float64) * num_steps / budget).floor().long() + 1
+    if skip == "uniform":
+        return (torch.arange(budget, dtype=torch.float64) * num_steps / budget).floor().long() + 1
+    steps = (torch.linspace(0, math.sqrt(0.8 * num_steps), budget, dtype=torch.float64) ** 2).floor().long() + 1
+    offset = torch.arange(budget)
+    return torch.cummax(steps - offset, 0).values + offset
 
 
-def posterior(path: DiscreteLinearBetaPath, r: Tensor, s: Tensor):
-    """Coefficients (on x0, on x_r) and variance of q(x_s | x_r, x0) for steps s < r (s = 0 allowed)."""
-    ab_r, ab_s = path.alpha_bar(r), path.alpha_bar(s)
-    beta_rs = 1 - ab_r / ab_s
-    coef_x0 = ab_s.sqrt() * beta_rs / (1 - ab_r)
-    coef_xr = (ab_r / ab_s).sqrt() * (1 - ab_s) / (1 - ab_r)
-    variance = (1 - ab_s) * beta_rs / (1 - ab_r)
-    return float(coef_x0), float(coef_xr), float(variance), float(beta_rs)
+def ddim_name(eta: float, skip: Skip) -> str:
+    """The results.csv name of one DDIM variant, e.g. ddim-eta0.0-uniform."""
+    return f"ddim-eta{float(eta)}-{skip}"
 
 
 class DDPM(AffineMethod):
@@ -60,6 +75,23 @@ class DDPM(AffineMethod):
         self.path = DiscreteLinearBetaPath(config.num_steps, config.beta_start, config.beta_end)
         self.num_steps = config.num_steps
         self.t_start_likelihood = 1.0 / config.num_steps
+        #: alpha_bar at steps 0..T (float64; alpha_bar_0 = 1)
+        self.alpha_bars = self.path.alpha_bar(torch.arange(config.num_steps + 1))
+        #: Analytic-DPM's per-step E||eps||^2 / d, set by after_training or load_extras
+        self.analytic: AnalyticTable | None = None
+
+    @classmethod
+    def sampler_table(cls, config: DDPMConfig) -> dict[str, SamplerSpec]:
+        table = dict(cls.samplers)
+        for eta in config.ddim_etas:
+            for skip in config.ddim_skips:
+                table[ddim_name(eta, skip)] = SamplerSpec(partial(sample_ddim, eta=eta, skip=skip),
+                                                          description=f"DDIM, eta = {eta}, {skip} skipping")
+        return table
+
+    @classmethod
+    def sampler_groups(cls, config: DDPMConfig) -> dict[str, list[str]]:
+        return {"ddim": [ddim_name(eta, skip) for eta in config.ddim_etas for skip in config.ddim_skips]}
 
     def max_budget(self) -> int:
         return self.num_steps
@@ -69,81 +101,184 @@ class DDPM(AffineMethod):
         i = torch.randint(1, self.num_steps + 1, (n,), generator=generator, device=device)
         return i.float() / self.num_steps
 
+    def timesteps(self, budget: int, skip: Skip = "uniform") -> list[int]:
+        return skipped_timesteps(self.num_steps, budget, skip).tolist()
+
     def eps_and_x0(self, net: nn.Module, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """eps_theta(x, step) and x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab), clipped if the config says so."""
         t = torch.full((x.shape[0],), step / self.num_steps, dtype=x.dtype, device=x.device)
         eps = self.output(net, x, t)
-        ab = float(self.path.alpha_bar(torch.tensor(step)))
+        ab = float(self.alpha_bars[step])
         x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
         if self.config.clip_x0:
             x0 = x0.clamp(-1, 1)
         return eps, x0
 
-    def ancestral(self, net: nn.Module, x: Tensor, budget: int, generator: torch.Generator,
-                  variance: str) -> SolverResult:
-        """x_s ~ N(posterior mean(x0_hat, x_r), sigma^2) with sigma^2 = beta_{r|s} or the posterior variance."""
-        steps = skipped_timesteps(self.num_steps, budget).tolist()
+    # ---------------------------------------------------------------- per-step variances
+
+    def skip_beta(self, r: int, s: int) -> float:
+        """beta_{r|s} = 1 - ab_r / ab_s."""
+        return float(1 - self.alpha_bars[r] / self.alpha_bars[s])
+
+    def posterior_variance(self, r: int, s: int) -> float:
+        """beta_tilde_{r|s} = (1 - ab_s) beta_{r|s} / (1 - ab_r)."""
+        return float((1 - self.alpha_bars[s]) / (1 - self.alpha_bars[r])) * self.skip_beta(r, s)
+
+    def analytic_variance(self, r: int, s: int, lambda_sq: float) -> float:
+        """Analytic-DPM's sigma*^2 of the step r -> s for the generalized posterior with variance lambda^2."""
+        if self.analytic is None:
+            raise RuntimeError("Analytic-DPM needs the per-step E||eps||^2/d that the train stage computes after "
+                               "training (DDPM.after_training); retrain the model (`dvc repro train@...`)")
+        return self.analytic.variance(self.alpha_bars, r, s, lambda_sq)
+
+    # ---------------------------------------------------------------- reverse chains
+
+    @staticmethod
+    def _noise(x: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    def ancestral(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
+                  variance: VarianceFn) -> SolverResult:
+        """x_s = posterior mean(x0_hat, x_r) + sqrt(variance(r, s)) z along the sub-sequence, no noise at s = 0
+        (Ho et al. 2020, Alg. 2; the mean is Analytic-DPM's mu_tilde with lambda^2 = beta_tilde)."""
         previous = [0] + steps[:-1]
         for r, s in zip(reversed(steps), reversed(previous)):
             _, x0 = self.eps_and_x0(net, x, r)
-            coef_x0, coef_xr, post_var, beta_rs = posterior(self.path, torch.tensor(r), torch.tensor(s))
+            ab_r, ab_s = float(self.alpha_bars[r]), float(self.alpha_bars[s])
+            coef_x0 = math.sqrt(ab_s) * self.skip_beta(r, s) / (1 - ab_r)
+            coef_xr = math.sqrt(ab_r / ab_s) * (1 - ab_s) / (1 - ab_r)
             x = coef_x0 * x0 + coef_xr * x
             if s > 0:
-                var = beta_rs if variance == "beta" else post_var
-                x = x + math.sqrt(var) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = x + math.sqrt(variance(r, s)) * self._noise(x, generator)
         return SolverResult(x, len(steps))
+
+    def implicit(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
+                 lambda_sq: VarianceFn, variance: VarianceFn) -> SolverResult:
+        """x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - lambda^2) eps_hat + sqrt(variance) z (Song et al. 2021, eq. 12).
+
+        DDIM draws with variance = lambda^2; Analytic-DDIM keeps lambda = 0 in the mean and draws with
+        its sigma*^2 (Bao et al. 2022, eq. 9). No noise at s = 0.
+        """
+        previous = [0] + steps[:-1]
+        for r, s in zip(reversed(steps), reversed(previous)):
+            eps, x0 = self.eps_and_x0(net, x, r)
+            ab_s = float(self.alpha_bars[s])
+            x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - lambda_sq(r, s), 0.0)) * eps
+            step_variance = variance(r, s) if s > 0 else 0.0
+            if step_variance > 0:
+                x = x + math.sqrt(step_variance) * self._noise(x, generator)
+        return SolverResult(x, len(steps))
+
+    # ---------------------------------------------------------------- Analytic-DPM's table
+
+    def after_training(self, net: nn.Module, train: Tensor, generator: torch.Generator) -> dict:
+        """Analytic-DPM's E||eps_theta(x_n, n)||^2 / d for n = 1..T, once per trained model (Bao et al. 2022, eq. 8)."""
+        with torch.no_grad():
+            self.analytic = estimate_table(lambda x, n: self.eps_and_x0(net, x, n)[0], self.alpha_bars, train,
+                                           self.config.analytic_points, generator)
+        return {"analytic_dpm": self.analytic.to_dict()}
+
+    def load_extras(self, extras: dict) -> None:
+        if "analytic_dpm" in extras:
+            self.analytic = AnalyticTable.from_dict(extras["analytic_dpm"])
+
+    # ---------------------------------------------------------------- likelihood
+
+    def bound_variances(self) -> dict[str, VarianceFn]:
+        """Reverse variance of each step r -> s, s = 0 the decoder, per reported bound.
+
+        beta_tilde_{1|0} = 0, so the posterior-variance model's decoder keeps beta_{tau_1|0} (methods.md 6.4).
+        Analytic-DPM uses sigma*^2 in every term; at s = 0 (lambda = 0, gamma = 1) it is the clamped
+        E||x - x0_hat||^2 / d, the optimal variance of a Gaussian decoder for continuous data. The authors'
+        code gives its discretized 8-bit decoder beta_tilde_2 instead; that choice is for images.
+        """
+        variances: dict[str, VarianceFn] = {
+            "ancestral_beta": self.skip_beta,
+            "ancestral_posterior": lambda r, s: self.posterior_variance(r, s) if s > 0 else self.skip_beta(r, s),
+        }
+        if self.analytic is not None:
+            variances["analytic_ddpm"] = lambda r, s: self.analytic_variance(r, s, self.posterior_variance(r, s))
+        return variances
 
     def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
                        context: EvalContext) -> list[LikelihoodRecord]:
-        """The variational bound (Ho et al. 2020, eq. 5) on each step budget, for both variance choices.
+        """The variational bound (Ho et al. 2020, eq. 5) on each step budget, for every reverse variance.
 
         L = KL(q(x_S | x) || N(0, I)) + sum_k KL(q(x_{tau_{k-1}} | x_{tau_k}, x) || p(x_{tau_{k-1}} | x_{tau_k}))
-            - log N(x; mu(x_{tau_1}), beta_{tau_1|0}),
-        one x_{tau_k} ~ q(x_{tau_k} | x) per term. For continuous (2-D) data the decoder is a Gaussian
-        density with variance beta_{tau_1|0} for both choices (beta_tilde_1 = 0, methods.md 6.4).
+            - log N(x; mu(x_{tau_1}), sigma_1^2),
+        one x_{tau_k} ~ q(x_{tau_k} | x) per term, shared by all variances (the means agree). For continuous
+        (2-D) data the decoder is a Gaussian density. Analytic-DPM's bound (Bao et al. 2022, sec. 5) is
+        reported as `analytic_ddpm` once its table is loaded.
         """
         records = []
         x = x.double()
         d = self.dim
+        variances = self.bound_variances()
         for budget in self.config.budgets:
             if budget > self.num_steps:
                 continue
-            steps = skipped_timesteps(self.num_steps, budget).tolist()
-            ab_last = float(self.path.alpha_bar(torch.tensor(steps[-1])))
+            steps = self.timesteps(budget)
+            ab_last = float(self.alpha_bars[steps[-1]])
             prior_kl = 0.5 * (d * (1 - ab_last) - d + ab_last * x.flatten(1).pow(2).sum(1)
                               - d * math.log(1 - ab_last))
-            bound = {"beta": prior_kl.clone(), "posterior": prior_kl.clone()}
+            bound = {key: prior_kl.clone() for key in variances}
             previous = [0] + steps[:-1]
             with torch.no_grad():
                 for r, s in zip(steps, previous):
-                    ab_r = float(self.path.alpha_bar(torch.tensor(r)))
-                    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                    x_r = math.sqrt(ab_r) * x + math.sqrt(1 - ab_r) * noise
+                    ab_r, ab_s = float(self.alpha_bars[r]), float(self.alpha_bars[s])
+                    x_r = math.sqrt(ab_r) * x + math.sqrt(1 - ab_r) * self._noise(x, generator)
                     _, x0_hat = self.eps_and_x0(net, x_r, r)
-                    coef_x0, coef_xr, post_var, beta_rs = posterior(self.path, torch.tensor(r), torch.tensor(s))
+                    coef_x0 = math.sqrt(ab_s) * self.skip_beta(r, s) / (1 - ab_r)
                     mean_sq = (coef_x0 * (x - x0_hat)).flatten(1).pow(2).sum(1)
-                    if s == 0:
-                        decoder = 0.5 * (mean_sq / beta_rs + d * math.log(2 * math.pi * beta_rs))
-                        for key in bound:
-                            bound[key] += decoder
-                        continue
-                    for key, var in (("beta", beta_rs), ("posterior", post_var)):
-                        bound[key] += 0.5 * (d * (post_var / var - 1 + math.log(var / post_var)) + mean_sq / var)
-            for key in ("beta", "posterior"):
-                records.append(LikelihoodRecord(f"ancestral_{key}", len(steps), -bound[key], "elbo"))
+                    post_var = self.posterior_variance(r, s)
+                    for key, variance in variances.items():
+                        var = variance(r, s)
+                        if s == 0:
+                            bound[key] += 0.5 * (mean_sq / var + d * math.log(2 * math.pi * var))
+                        else:
+                            bound[key] += 0.5 * (d * (post_var / var - 1 + math.log(var / post_var)) + mean_sq / var)
+            for key, value in bound.items():
+                records.append(LikelihoodRecord(key, len(steps), -value, "elbo"))
         return records
 
 
 def sample_ancestral_beta(method: DDPM, net, x, budget, generator) -> SolverResult:
     """Ancestral sampling with sigma^2 = beta (optimal for N(0, I) data; Ho et al. 2020, sec. 3.2)."""
-    return method.ancestral(net, x, budget, generator, "beta")
+    return method.ancestral(net, x, method.timesteps(budget), generator, method.skip_beta)
 
 
 def sample_ancestral_posterior(method: DDPM, net, x, budget, generator) -> SolverResult:
     """Ancestral sampling with sigma^2 = beta_tilde (optimal for a point mass; Ho et al. 2020, sec. 3.2)."""
-    return method.ancestral(net, x, budget, generator, "posterior")
+    return method.ancestral(net, x, method.timesteps(budget), generator, method.posterior_variance)
+
+
+def sample_ddim(method: DDPM, net, x, budget, generator, eta: float, skip: Skip) -> SolverResult:
+    """DDIM with sigma^2 = eta^2 beta_tilde_{r|s} = eta^2 (1 - ab_s)/(1 - ab_r) (1 - ab_r/ab_s) (Song et al. 2021, eq. 16)."""
+
+    def lambda_sq(r: int, s: int) -> float:
+        return eta**2 * method.posterior_variance(r, s)
+
+    return method.implicit(net, x, method.timesteps(budget, skip), generator, lambda_sq, lambda_sq)
+
+
+def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResult:
+    """Analytic-DDPM: DDPM's mean (lambda^2 = beta_tilde) with the optimal variance sigma*^2 (Bao et al. 2022)."""
+
+    def variance(r: int, s: int) -> float:
+        return method.analytic_variance(r, s, method.posterior_variance(r, s))
+
+    return method.ancestral(net, x, method.timesteps(budget), generator, variance)
+
+
+def sample_analytic_ddim(method: DDPM, net, x, budget, generator) -> SolverResult:
+    """Analytic-DDIM: DDIM's mean (lambda = 0) with the optimal variance sigma*^2 (Bao et al. 2022)."""
+    return method.implicit(net, x, method.timesteps(budget), generator, lambda r, s: 0.0,
+                           lambda r, s: method.analytic_variance(r, s, 0.0))
 
 
 DDPM.samplers = {
     "ancestral_beta": SamplerSpec(sample_ancestral_beta, description="ancestral, variance beta"),
     "ancestral_posterior": SamplerSpec(sample_ancestral_posterior, description="ancestral, posterior variance"),
+    "analytic_ddpm": SamplerSpec(sample_analytic_ddpm, description="Analytic-DPM, DDPM mean, optimal variance"),
+    "analytic_ddim": SamplerSpec(sample_analytic_ddim, description="Analytic-DPM, DDIM mean, optimal variance"),
 }
