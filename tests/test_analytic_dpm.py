@@ -16,8 +16,8 @@ from pipeline.nets import build_network
 
 @pytest.fixture(scope="module")
 def oracle_analytic(mixture):
-    """DDPM with the exact eps-network and its Analytic-DPM table from 1000 mixture draws."""
-    method = DDPM(DDPMConfig(budgets=[1000, 100, 10], analytic_points=1000), (2,))
+    """DDPM with the exact eps-network and its Analytic-DPM table from 1000 mixture draws (2000 coordinates)."""
+    method = DDPM(DDPMConfig(budgets=[1000, 100, 10], analytic_coordinates=2000), (2,))
     net = mixture.network(method.path, method.prediction)
     generator = torch.Generator().manual_seed(11)
     method.after_training(net, mixture.sample(5000, generator), generator)
@@ -92,7 +92,7 @@ def test_analytic_samplers_fed_the_oracle_reproduce_the_mixture(mixture_referenc
 def test_gamma_table_covers_every_step_and_survives_the_model_file():
     torch.manual_seed(0)
     net = build_network((2,), NetworkSection(mlp=MLPSettings(hidden=16, depth=1, time_embedding=8))).eval()
-    method = DDPM(DDPMConfig(analytic_points=64), (2,))
+    method = DDPM(DDPMConfig(analytic_coordinates=128), (2,))
     train = torch.randn(500, 2)
     extras = method.after_training(net, train, torch.Generator().manual_seed(1))
     table = extras["analytic_dpm"]["mean_square_eps"]
@@ -100,10 +100,10 @@ def test_gamma_table_covers_every_step_and_survives_the_model_file():
     assert extras["analytic_dpm"]["points"] == 64
     gamma = method.analytic.gamma(method.alpha_bars)
     assert gamma.shape == (1000,) and torch.isfinite(gamma).all()
-    again = DDPM(DDPMConfig(analytic_points=64), (2,)).after_training(net, train, torch.Generator().manual_seed(1))
+    again = DDPM(DDPMConfig(analytic_coordinates=128), (2,)).after_training(net, train, torch.Generator().manual_seed(1))
     assert torch.equal(again["analytic_dpm"]["mean_square_eps"], table)
 
-    loaded = DDPM(DDPMConfig(analytic_points=64), (2,))
+    loaded = DDPM(DDPMConfig(analytic_coordinates=128), (2,))
     with pytest.raises(RuntimeError, match="after training"):
         loaded.sample(net, "analytic_ddpm", 10, 8, torch.Generator().manual_seed(2))
     buffer = io.BytesIO()

@@ -41,8 +41,10 @@ class DDPMConfig(MethodConfig):
     #: DDIM's eta (0: deterministic; 1: DDPM with the posterior variance); one sampler per eta x skipping
     ddim_etas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
     ddim_skips: list[Skip] = Field(default_factory=lambda: ["uniform", "quadratic"], min_length=1)
-    #: training points M of Analytic-DPM's Monte Carlo estimate of E||eps_theta(x_n, n)||^2 / d, every n
-    analytic_points: PositiveInt = 2000
+    #: size of Analytic-DPM's Monte Carlo estimate of E||eps_theta(x_n, n)||^2 / d at every n, in scalar
+    #: coordinates: M = ceil(analytic_coordinates / d) training points (2000 in 2-D, 63 8x8 digits). The
+    #: estimate averages over the d coordinates too, so its error shrinks with M d; raise it for large images.
+    analytic_coordinates: PositiveInt = 4000
 
 
 def skipped_timesteps(num_steps: int, budget: int, skip: Skip = "uniform") -> Tensor:
@@ -173,9 +175,10 @@ class DDPM(AffineMethod):
 
     def after_training(self, net: nn.Module, train: Tensor, generator: torch.Generator) -> dict:
         """Analytic-DPM's E||eps_theta(x_n, n)||^2 / d for n = 1..T, once per trained model (Bao et al. 2022, eq. 8)."""
+        points = math.ceil(self.config.analytic_coordinates / self.dim)
         with torch.no_grad():
             self.analytic = estimate_table(lambda x, n: self.eps_and_x0(net, x, n)[0], self.alpha_bars, train,
-                                           self.config.analytic_points, generator)
+                                           points, generator)
         return {"analytic_dpm": self.analytic.to_dict()}
 
     def load_extras(self, extras: dict) -> None:
@@ -188,17 +191,23 @@ class DDPM(AffineMethod):
         """Reverse variance of each step r -> s, s = 0 the decoder, per reported bound.
 
         beta_tilde_{1|0} = 0, so the posterior-variance model's decoder keeps beta_{tau_1|0} (methods.md 6.4).
-        Analytic-DPM uses sigma*^2 in every term; at s = 0 (lambda = 0, gamma = 1) it is the clamped
-        E||x - x0_hat||^2 / d, the optimal variance of a Gaussian decoder for continuous data. The authors'
-        code gives its discretized 8-bit decoder beta_tilde_2 instead; that choice is for images.
+        Analytic-DPM uses sigma*^2 in every KL term. Its decoder (s = 0) on 8-bit images ([C, H, W] data) has
+        the authors' variance beta_tilde_2 (their code, as Ho et al.'s). On continuous data it is sigma*^2 at
+        s = 0 (lambda = 0, gamma = 1): the clamped E||x - x0_hat||^2 / d, the optimal variance of a Gaussian
+        decoder (Bao et al. 2022, Thm. 1); beta_tilde_2, about beta_1 / 2, would cost about 0.3 nats in 2-D.
         """
         variances: dict[str, VarianceFn] = {
             "ancestral_beta": self.skip_beta,
             "ancestral_posterior": lambda r, s: self.posterior_variance(r, s) if s > 0 else self.skip_beta(r, s),
         }
         if self.analytic is not None:
-            variances["analytic_ddpm"] = lambda r, s: self.analytic_variance(r, s, self.posterior_variance(r, s))
+            variances["analytic_ddpm"] = self.analytic_bound_variance
         return variances
+
+    def analytic_bound_variance(self, r: int, s: int) -> float:
+        if s == 0 and len(self.data_shape) == 3:
+            return self.posterior_variance(2, 1)
+        return self.analytic_variance(r, s, self.posterior_variance(r, s))
 
     def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
                        context: EvalContext) -> list[LikelihoodRecord]:
