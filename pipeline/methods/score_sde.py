@@ -126,7 +126,8 @@ class SubVPSDE(ScoreSDE):
 
 
 class VESDE(ScoreSDE):
-    """VE SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw, prior N(0, sigma_max^2 I) (Song et al. 2021, eq. 9)."""
+    """VE SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw, prior N(0, sigma_max^2 I)
+    (Song et al. 2021, eq. 9)."""
 
     Config = VESDEConfig
     samplers = dict(SDE_SAMPLERS)

@@ -2,7 +2,7 @@
 
 A noise-conditional score network over L geometric noise levels sigma_1 > ... > sigma_L, trained by
 denoising score matching with lambda(sigma) = sigma^2, one level per example:
-    E_i E || sigma_i s_theta(x + sigma_i z, sigma_i) + z ||^2 = E || eps_theta - z ||^2,  s_theta = -eps_theta / sigma_i,
+    E_i E || sigma_i s_theta(x + sigma_i z, sigma_i) + z ||^2 = E || eps_theta - z ||^2, s_theta = -eps_theta / sigma_i,
 i.e. NCSNv2's scale-by-sigma score network (averaged over dimensions instead of halved and summed: a constant).
 The levels sit on the VE path sigma(t) = sigma_L (sigma_1 / sigma_L)^t, level sigma at
 t = log(sigma / sigma_L) / log(sigma_1 / sigma_L), so the geometric levels are the evenly spaced times
