@@ -116,6 +116,18 @@ def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOp
 
 
 @app.command()
+def features(dataset: str = DatasetOpt) -> None:
+    """Train an image data set's feature classifier for FID (a marker file for 2-D data sets)."""
+    from pipeline.stages import run_features
+
+    def action(params):
+        _check_names(params, dataset=dataset)
+        typer.echo(f"wrote {run_features(_state['root'], params, dataset)}")
+
+    _run(action)
+
+
+@app.command()
 def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
            progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
     """Draw samples with every sampler and step budget of the method."""

@@ -63,8 +63,45 @@ class MLPSettings(Strict):
     time_embedding: PositiveInt = 64
 
 
+class UNetSettings(Strict):
+    """The image U-Net (pipeline.nets.unet; Ho et al. 2020, app. B). DDPM's CIFAR-10 net is channels 128,
+    channel_mult [1, 2, 2, 2], num_res_blocks 2, attention_resolutions [16], dropout 0.1."""
+
+    channels: PositiveInt = 32
+    channel_mult: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
+    num_res_blocks: PositiveInt = 1
+    #: side lengths (in pixels) of the feature maps that get a self-attention block
+    attention_resolutions: list[PositiveInt] = Field(default_factory=list)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    #: GroupNorm groups (the largest divisor of each width up to this number)
+    norm_groups: PositiveInt = 8
+
+
 class NetworkSection(Strict):
     mlp: MLPSettings = MLPSettings()
+    unet: UNetSettings = UNetSettings()
+
+
+class ImageSourceSettings(Strict):
+    """Where one image data set comes from and how it is sized (data.images.<name>)."""
+
+    #: torchvision's root folder for mnist / fashion_mnist / cifar10 (relative to the repository root)
+    root: str = "data/raw"
+    #: let torchvision download a missing set (needs network access)
+    download: bool = False
+    #: image_folder only: a folder of class sub-folders of images
+    folder: str | None = None
+    #: image_folder only: 1 (grey) or 3 (RGB)
+    channels: Literal[1, 3] = 3
+    #: resize to size x size pixels (bilinear, antialiased); null keeps the source's size
+    size: PositiveInt | None = None
+    #: black pixels added on every side after resizing
+    pad: int = Field(0, ge=0)
+    #: cap on the training images (null: all that are not held out)
+    n_train: PositiveInt | None = None
+    #: held-out test and reference images (disjoint; reference vs test is the real-vs-real floor)
+    n_test: PositiveInt = 500
+    n_reference: PositiveInt = 500
 
 
 class DataSection(Strict):
@@ -72,11 +109,76 @@ class DataSection(Strict):
     n_train: PositiveInt = 20000
     n_test: PositiveInt = 2000
     n_reference: PositiveInt = 6000
+    images: dict[str, ImageSourceSettings] = Field(default_factory=dict)
+
+    @field_validator("images")
+    @classmethod
+    def _known_images(cls, images: dict) -> dict:
+        from pipeline.data.images import IMAGE_DATASETS
+
+        for name in images:
+            if name not in IMAGE_DATASETS:
+                raise ValueError(f"unknown image data set {name!r}; accepted: {', '.join(IMAGE_DATASETS)}")
+        return images
+
+    def image_settings(self, name: str) -> ImageSourceSettings:
+        return self.images.get(name, ImageSourceSettings())
+
+
+class ImageSampleSettings(Strict):
+    n_samples: PositiveInt = 500
+    batch_size: PositiveInt = 500
+    #: step budgets above this are not sampled on images (null: every budget of the method)
+    max_budget: PositiveInt | None = None
 
 
 class SampleSection(Strict):
     n_samples: PositiveInt = 2000
     batch_size: PositiveInt = 10000
+    #: sample counts for image data sets
+    image: ImageSampleSettings = ImageSampleSettings()
+
+
+class ClassifierSettings(Strict):
+    """The feature classifier trained per image data set by the `features` stage (pipeline.features)."""
+
+    steps: PositiveInt = 1500
+    batch_size: PositiveInt = 128
+    lr: float = Field(2e-3, gt=0)
+    width: PositiveInt = 32
+    #: size of the feature layer FID, KID and precision/recall are computed on
+    features: PositiveInt = 64
+
+
+class ImageEvaluateSettings(Strict):
+    """Image metrics: FID / KID / precision-recall (torch-fidelity), sliced W2 (POT), bits/dim."""
+
+    #: `classifier`: the data set's own feature classifier; `inception`: torch-fidelity's InceptionV3
+    extractor: Literal["classifier", "inception"] = "classifier"
+    #: InceptionV3 weights file (weights-inception-2015-12-05-6726825d.pth); required for `inception`
+    inception_weights: str | None = None
+    #: images per FID / KID / precision-recall / sliced W2 (generated, real and reference alike)
+    fid_samples: PositiveInt = 500
+    #: the real images every sample set is compared with: the held-out `test` split (its floor: the
+    #: disjoint `reference` split against it), or `train` (the papers' CIFAR-10 convention)
+    fid_against: Literal["test", "train"] = "test"
+    kid_subset_size: PositiveInt = 100
+    prc_neighborhood: PositiveInt = 3
+    sliced_w2_projections: PositiveInt = 512
+    #: dequantized test images for bits/dim
+    nll_points: PositiveInt = 100
+    batch_size: PositiveInt = 250
+    classifier: ClassifierSettings = ClassifierSettings()
+
+    @model_validator(mode="after")
+    def _inception_needs_weights(self) -> "ImageEvaluateSettings":
+        if self.extractor == "inception" and not self.inception_weights:
+            raise ValueError("inception_weights: required when extractor is inception (torch-fidelity's "
+                             "weights-inception-2015-12-05-6726825d.pth; nothing is downloaded)")
+        if self.kid_subset_size > self.fid_samples:
+            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) must not exceed fid_samples "
+                             f"({self.fid_samples})")
+        return self
 
 
 class EvaluateSection(Strict):
@@ -85,6 +187,7 @@ class EvaluateSection(Strict):
     nll_points: PositiveInt = 1000
     ode_rtol: float = Field(1e-5, gt=0, lt=1)
     ode_atol: float = Field(1e-5, gt=0, lt=1)
+    image: ImageEvaluateSettings = ImageEvaluateSettings()
 
 
 class ReportSection(Strict):
@@ -154,6 +257,24 @@ class Params(Strict):
         if len(set(names)) != len(names):
             raise ValueError("data sets must not repeat")
         return names
+
+    @model_validator(mode="after")
+    def _image_sample_counts(self) -> "Params":
+        from pipeline.data import DATASETS
+
+        fid, n = self.evaluate.image.fid_samples, self.sample.image.n_samples
+        if any(DATASETS[name] == "image" for name in self.datasets) and fid > n:
+            raise ValueError(f"evaluate.image.fid_samples ({fid}) must not exceed sample.image.n_samples ({n})")
+        return self
+
+    @model_validator(mode="after")
+    def _image_folder_source(self) -> "Params":
+        if "image_folder" in self.datasets:
+            settings = self.data.image_settings("image_folder")
+            if settings.folder is None or settings.size is None:
+                missing = "folder" if settings.folder is None else "size"
+                raise ValueError(f"data.images.image_folder.{missing}: required when image_folder is in datasets")
+        return self
 
     @field_validator("seeds")
     @classmethod

@@ -76,3 +76,34 @@ def ode_log_likelihood(velocity_fn: VelocityFn, x: Tensor, prior_log_prob: Calla
 def bits_per_dim(nll_nats: Tensor, dim: int, scale: float = 2.0) -> Tensor:
     """Bits/dim of dequantized 8-bit data mapped to [-1, 1]: nll/(d ln 2) - log2(scale) + 8 (methods.md 2.12C)."""
     return nll_nats / (dim * math.log(2.0)) - math.log2(scale) + 8.0
+
+
+def pixel_grid(x: Tensor) -> Tensor:
+    """Snap images in [-1, 1] to the 8-bit grid 2k/255 - 1.
+
+    k = floor(128 (x + 1)) clipped to {0..255} recovers k both from grid values 2k/255 - 1 and from
+    dequantized values 2(k + u)/256 - 1, u in [0, 1), so the ELBO and the ODE see the same pixels.
+    """
+    k = torch.floor(128.0 * (x + 1.0)).clamp(0, 255)
+    return 2.0 * k / 255.0 - 1.0
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor) -> Tensor:
+    """log P(x | mean, std) of 8-bit images under DDPM's discretized Gaussian decoder, summed per sample.
+
+    P(k) = Phi((x + 1/255 - mu)/s) - Phi((x - 1/255 - mu)/s), the lower edge at -inf for k = 0 and
+    the upper edge at +inf for k = 255 (Ho et al. 2020, eq. 13; methods.md 2.12A), in log space and
+    clamped at 1e-12. `x` is snapped to the pixel grid first (pixel_grid).
+    """
+    x = pixel_grid(x.double())
+    mean = mean.double()
+    std = torch.as_tensor(std, dtype=torch.float64, device=x.device)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64, device=x.device),
+                                        torch.ones((), dtype=torch.float64, device=x.device))
+    upper = normal.cdf((x + 1.0 / 255.0 - mean) / std)
+    lower = normal.cdf((x - 1.0 / 255.0 - mean) / std)
+    top, bottom = x > 1.0 - 1e-6, x < -1.0 + 1e-6
+    upper = torch.where(top, torch.ones_like(upper), upper)
+    lower = torch.where(bottom, torch.zeros_like(lower), lower)
+    log_p = torch.log((upper - lower).clamp_min(1e-12))
+    return log_p.flatten(1).sum(1)

@@ -15,11 +15,16 @@ import pandas as pd
 
 from pipeline.config import Params
 from pipeline.io import atomic_directory, write_text
-from pipeline.stages import (StageError, baseline_file, load_samples, loss_file, metrics_file, samples_file)
+from pipeline.data import DATASETS
+from pipeline.stages import (StageError, baseline_file, features_metrics_file, load_samples, loss_file, metrics_file,
+                             samples_file)
 
 COLUMNS = ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
 #: headline metrics of the summary table, in column order, and whether lower is better
 HEADLINE_METRICS = {"w2": True, "nll": True}
+#: headline metrics of image data sets (FID family through torch-fidelity, bits/dim, sliced W2)
+IMAGE_HEADLINE_METRICS = {"fid": True, "kid": True, "precision": False, "recall": False, "nll_bpd": True,
+                          "sliced_w2": True}
 
 
 def _rows_from_table(table: dict, dataset: str, method: str, seed: int) -> list[dict]:
@@ -42,6 +47,9 @@ def collect_results(root: Path, params: Params) -> pd.DataFrame:
     rows = []
     for dataset in params.datasets:
         rows += _rows_from_table(_read_json(baseline_file(root, dataset)), dataset, "data", params.data.seed)
+        if DATASETS[dataset] == "image":
+            rows += _rows_from_table(_read_json(features_metrics_file(root, dataset)), dataset, "features",
+                                     params.data.seed)
         for method in params.methods:
             for seed in params.seeds:
                 rows += _rows_from_table(_read_json(metrics_file(root, method, dataset, seed)), dataset, method, seed)
@@ -71,11 +79,15 @@ def _format(values: pd.Series, se: pd.Series | None = None) -> str:
     return text
 
 
-def headline_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """Rows method/sampler, columns dataset x metric at the NFE closest to the headline budget."""
+def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE_METRICS,
+                   kind: str = "toy") -> pd.DataFrame:
+    """Rows method/sampler, columns dataset x metric at the NFE closest to the headline budget
+    (the data sets of one kind: `toy` with HEADLINE_METRICS, `image` with IMAGE_HEADLINE_METRICS)."""
     target = params.report.headline_nfe
+    names = [d for d in params.datasets if DATASETS[d] == kind]
+    frame = frame[frame.dataset.isin(names) & (frame.method != "features")]
     cells: dict[tuple[str, str], dict[str, str]] = {}
-    for (method, sampler, dataset, metric), group in frame[frame.metric.isin(HEADLINE_METRICS)].groupby(
+    for (method, sampler, dataset, metric), group in frame[frame.metric.isin(metrics)].groupby(
             ["method", "sampler", "dataset", "metric"], sort=False):
         chosen = _closest_nfe(group, target)
         se_rows = frame[(frame.method == method) & (frame.sampler == sampler) & (frame.dataset == dataset)
@@ -85,7 +97,7 @@ def headline_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
         if method != "data":
             label += f" ({nfe})"
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = label
-    columns = [f"{d} {m}" for d in params.datasets for m in HEADLINE_METRICS]
+    columns = [f"{d} {m}" for d in names for m in metrics]
     order = ["data", *params.methods]
     keys = sorted(cells, key=lambda k: (order.index(k[0]), k[1]))
     table = pd.DataFrame([[cells[k].get(c, "—") for c in columns] for k in keys], columns=columns,
@@ -103,6 +115,47 @@ def budget_table(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame
     return pivot.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
 
 
+def extractor_label(frame: pd.DataFrame, params: Params, dataset: str) -> str:
+    """Which features FID, KID and precision/recall of `dataset` were computed on."""
+    if params.evaluate.image.extractor == "inception":
+        return "torch-fidelity's InceptionV3 (pool3, 2048 features; comparable with papers' FIDs)"
+    accuracy = frame[(frame.dataset == dataset) & (frame.method == "features") & (frame.metric == "test_accuracy")]
+    known = f", test accuracy {accuracy.value.iloc[0]:.3f}" if len(accuracy) else ""
+    return (f"the {dataset} feature classifier (pipeline.features, {params.evaluate.image.classifier.features} "
+            f"features{known}; comparable only within this data set, not with Inception FIDs)")
+
+
+def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
+    """The image section: extractor and floor per data set, headline metrics, FID against NFE."""
+    images = [d for d in params.datasets if DATASETS[d] == "image"]
+    if not images:
+        return []
+    cfg = params.evaluate.image
+    lines = [f"## Images (NFE closest to {params.report.headline_nfe})", "",
+             f"`fid`, `kid` (mean ± sd over subsets of {cfg.kid_subset_size}), `precision`, `recall`: "
+             f"torch-fidelity on uint8 samples against the held-out {cfg.fid_against} images, n as below; "
+             f"`nll_bpd`: bits/dim on {cfg.nll_points} test images (the discrete-decoder ELBO for the "
+             f"ancestral samplers, the probability-flow ODE with one fixed Hutchinson probe per image on "
+             f"uniformly dequantized images otherwise; ± standard error); `sliced_w2`: sliced 2-Wasserstein "
+             f"distance in pixel space over {cfg.sliced_w2_projections} random directions (POT). Row "
+             f"`data / data` is the real-vs-real floor: the disjoint reference split against the same "
+             f"{cfg.fid_against} images, at the same n.", ""]
+    for dataset in images:
+        n = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid_n")].value
+        size = f"n = {int(n.iloc[0])} images per set; " if len(n) else ""
+        lines += [f"- **{dataset}**: {size}FID, KID, precision and recall on {extractor_label(frame, params, dataset)}."]
+    lines += ["", headline_table(frame, params, IMAGE_HEADLINE_METRICS, kind="image").to_markdown(), ""]
+    for dataset in images:
+        table = budget_table(frame, dataset, "fid")
+        floor = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid")].value
+        if table.empty:
+            continue
+        lines += [f"### FID against the number of function evaluations: {dataset}", "",
+                  f"Real-vs-real floor: {floor.iloc[0]:.3f}." if len(floor) else "", "", table.to_markdown(), ""]
+    lines += [f"![{dataset} samples](figures/samples_{dataset}.png)" for dataset in images] + [""]
+    return lines
+
+
 def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
     lines = ["# Benchmark summary", "",
              f"Methods: {', '.join(params.methods)}. Data sets: {', '.join(params.datasets)}. "
@@ -114,6 +167,7 @@ def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
              "probability-flow ODE otherwise). Row `data / data` is the floor: W2 between two disjoint "
              "samples of the data set, and the true NLL where the density is known.", "",
              headline_table(frame, params).to_markdown(), ""]
+    lines += image_summary(frame, params)
     for metric in ("w2", "nll"):
         lines += [f"## {metric} against the number of function evaluations", ""]
         for dataset in params.datasets:
@@ -124,6 +178,52 @@ def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
     lines += ["## Figures", "", "![samples](figures/samples.png)", "", "![w2 vs nfe](figures/w2_vs_nfe.png)", "",
               "![loss curves](figures/loss_curves.png)", ""]
     return "\n".join(lines)
+
+
+def image_grid(x: np.ndarray, side: int) -> np.ndarray:
+    """The first side^2 images [N, C, H, W] in [-1, 1] tiled into one uint8 picture (1-pixel gaps)."""
+    from pipeline.data.images import to_uint8
+
+    pixels = to_uint8(x[: side * side])
+    n, c, h, w = pixels.shape
+    grid = np.full((side * (h + 1) - 1, side * (w + 1) - 1, c), 128, dtype=np.uint8)
+    for k in range(n):
+        row, col = divmod(k, side)
+        grid[row * (h + 1):row * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = pixels[k].transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def _image_figures(root: Path, frame: pd.DataFrame, params: Params, dataset: str, out: Path) -> None:
+    """samples_<dataset>.png: an 8 x 8 grid of held-out images, then of every method's samples, each at
+    its first sampler's largest step budget, titled with the FID of that run."""
+    import matplotlib.pyplot as plt
+
+    from pipeline import data as datasets
+    from pipeline.stages import data_file
+
+    seed = params.seeds[0]
+    fid = frame[(frame.dataset == dataset) & (frame.metric == "fid") & (frame.seed == seed)]
+    floor = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid")].value
+    panels = [(f"data (test); floor FID {floor.iloc[0]:.2f}" if len(floor) else "data (test)",
+               datasets.load(data_file(root, dataset)).test)]
+    for method in params.methods:
+        index, samples = load_samples(samples_file(root, method, dataset, seed))
+        first = index[0]["sampler"]
+        best = max((r for r in index if r["sampler"] == first), key=lambda r: r["nfe"])
+        value = fid[(fid.method == method) & (fid.sampler == first) & (fid.nfe == best["nfe"])].value
+        label = f", FID {value.iloc[0]:.2f}" if len(value) and pd.notna(value.iloc[0]) else ""
+        panels.append((f"{method} / {first} ({best['nfe']}){label}", samples[best["key"]]))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, x) in zip(axes.flat, panels):
+        ax.imshow(image_grid(x, 8), cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"samples_{dataset}.png", dpi=100)
+    plt.close(fig)
 
 
 def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None:
@@ -156,17 +256,22 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
                 ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, rasterized=True)
                 ax.set_xlim(-lim, lim)
                 ax.set_ylim(-lim, lim)
+            else:
+                ax.imshow(image_grid(x, 6), cmap="gray", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title if i else f"{dataset}\ndata", fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=90)
     plt.close(fig)
+    for dataset in (d for d in params.datasets if DATASETS[d] == "image"):
+        _image_figures(root, frame, params, dataset, out)
 
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.2), squeeze=False)
-    w2 = frame[frame.metric == "w2"]
+    curves = {"toy": frame[frame.metric == "w2"], "image": frame[frame.metric == "fid"]}  # FID on image sets
     for j, dataset in enumerate(params.datasets):
         ax = axes[0, j]
+        w2 = curves[DATASETS[dataset]]
         sub = w2[(w2.dataset == dataset) & (w2.method != "data")]
         for (method, sampler), group in sub.groupby(["method", "sampler"], sort=False):
             curve = group.groupby("nfe").value.mean()
@@ -177,7 +282,7 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE")
-        ax.set_title(dataset, fontsize=9)
+        ax.set_title(dataset if DATASETS[dataset] == "toy" else f"{dataset} (FID)", fontsize=9)
         if j == 0:
             ax.set_ylabel("W2 to held-out data")
     handles, labels = axes[0, 0].get_legend_handles_labels()

@@ -7,6 +7,8 @@ Outputs (all written atomically):
     samples/<method>/<dataset>/seed<k>.npz               sample (every sampler x budget)
     metrics/<method>/<dataset>/seed<k>.json              evaluate
     metrics/data/<dataset>.json                          baseline (the data floor)
+    models/features/<dataset>.pt                         features (image sets: the FID classifier)
+    metrics/features/<dataset>.json                      features (its accuracy)
 Resumable training state lives in checkpoints/ (not a DVC output, so DVC never deletes it).
 """
 
@@ -22,6 +24,7 @@ import torch
 
 from pipeline import data as datasets
 from pipeline.config import Params
+from pipeline.data.images import dequantize
 from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write_json, write_npz, write_text
 from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
@@ -77,7 +80,48 @@ def run_key(sampler: str, budget: int | None) -> str:
 
 def run_prepare(root: Path, params: Params, dataset: str) -> Path:
     seed = derive_seed(params.data.seed, "prepare", dataset)
-    return datasets.prepare(dataset, data_file(root, dataset), params.data, seed)
+    return datasets.prepare(dataset, data_file(root, dataset), params.data, seed, root)
+
+
+# ---------------------------------------------------------------- features
+
+
+def features_file(root: Path, dataset: str) -> Path:
+    return root / "models" / "features" / f"{dataset}.pt"
+
+
+def features_metrics_file(root: Path, dataset: str) -> Path:
+    return root / "metrics" / "features" / f"{dataset}.json"
+
+
+def run_features(root: Path, params: Params, dataset: str) -> Path:
+    """Train the feature classifier of an image data set (pipeline.features) and record its accuracy.
+
+    2-D data sets get a marker file and an empty metrics file instead, so that the features stage can
+    run over every data set and the evaluate stages can depend on its output uniformly.
+    """
+    from pipeline.features import CLASSIFIER_FORMAT, classifier_record, train_classifier
+
+    data = datasets.load(data_file(root, dataset))
+    if data.kind != "image":
+        save_torch(features_file(root, dataset), {"format": CLASSIFIER_FORMAT, "kind": data.kind,
+                                                  "note": "no feature classifier: FID is for image data"})
+        write_json(features_metrics_file(root, dataset), {})
+        return features_file(root, dataset)
+    if "train" not in data.labels or "test" not in data.labels:
+        raise StageError(f"{data_file(root, dataset)} has no class labels; run `dvc repro prepare@{dataset}` again")
+    device = resolve_device(params.device)
+    result = train_classifier(torch.from_numpy(data.train), torch.from_numpy(data.labels["train"]),
+                              torch.from_numpy(data.test), torch.from_numpy(data.labels["test"]),
+                              params.evaluate.image.classifier, derive_seed(params.data.seed, "features", dataset),
+                              device)
+    save_torch(features_file(root, dataset),
+               classifier_record(result, sha256_file(data_file(root, dataset)), list(data.shape)))
+    table: dict = {}
+    _record(table, "classifier", 0, "test_accuracy", result.test_accuracy)
+    _record(table, "classifier", 0, "train_accuracy", result.train_accuracy)
+    write_json(features_metrics_file(root, dataset), table)
+    return features_file(root, dataset)
 
 
 # ---------------------------------------------------------------- train
@@ -159,6 +203,9 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     device = resolve_device(params.device)
     method, net = load_model(root, params, method_name, dataset, seed, device)
     runs = method.sampler_runs()
+    cap = params.sample.image.max_budget
+    if len(method.data_shape) == 3 and cap is not None:
+        runs = [(sampler, budget) for sampler, budget in runs if budget is None or budget <= cap]
     arrays, index = {}, []
     iterator = runs
     if progress:
@@ -166,6 +213,8 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
 
         iterator = tqdm(runs, desc=f"sample {method_name}/{dataset}", unit="run", mininterval=1.0)
     n, batch = params.sample.n_samples, params.sample.batch_size
+    if len(method.data_shape) == 3:
+        n, batch = params.sample.image.n_samples, params.sample.image.batch_size
     for sampler, budget in iterator:
         generator = torch.Generator(device=device).manual_seed(
             derive_seed(seed, "sample", method_name, dataset, sampler, budget))
@@ -211,27 +260,112 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     index, samples = load_samples(samples_file(root, method_name, dataset, seed))
     cfg = params.evaluate
     table: dict = {}
-    n = min(cfg.w2_points, len(data.test))
+    image = data.kind == "image"
+    if image:
+        extractor = _extractor(root, params, dataset)  # fails before any work when its weights are missing
+        against = _fid_against(params, data)
+        n = min(cfg.image.fid_samples, len(against))
+    else:
+        n = min(cfg.w2_points, len(data.test))
     for row in index:
         x = samples[row["key"]][:n]
-        _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
-        _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
+        if image:
+            metric_seed = derive_seed(seed, "evaluate", method_name, dataset, row["key"])
+            for metric, value in _image_metrics(params, x, against[:len(x)], extractor, metric_seed, device).items():
+                _record(table, row["sampler"], row["nfe"], metric, value)
+        else:
+            _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
+            _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
         _record(table, row["sampler"], row["nfe"], "sample_seconds", row["seconds"])
-    x_test = torch.from_numpy(data.test[: cfg.nll_points]).to(device)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
+    x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
+    if image:
+        x_test = dequantize(x_test, generator)  # the same dequantized images for every method
     context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
     for record in method.log_likelihood(net, x_test, generator, context):
         nll = -record.log_prob.double().cpu()
         _record(table, record.sampler, record.nfe, "nll", nll.mean())
         _record(table, record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll)))
         _record(table, record.sampler, record.nfe, "nll_n", len(nll))
+        if image:
+            bpd = _bits_per_dim(nll, record.estimator, method.dim)
+            _record(table, record.sampler, record.nfe, "nll_bpd", bpd.mean())
+            _record(table, record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))
+            if record.estimator == "ode_hutchinson":
+                _record(table, record.sampler, record.nfe, "nll_probes", 1)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
 
 
+def _extractor(root: Path, params: Params, dataset: str):
+    from pipeline.fidelity import FidelityError, resolve_extractor
+
+    try:
+        return resolve_extractor(params.evaluate.image, features_file(root, dataset), root)
+    except FidelityError as error:
+        raise StageError(str(error)) from None
+
+
+def _fid_against(params: Params, data) -> np.ndarray:
+    """The real images FID, KID, precision/recall and sliced W2 compare with (evaluate.image.fid_against)."""
+    return data.train if params.evaluate.image.fid_against == "train" else data.test
+
+
+def _image_metrics(params: Params, x: np.ndarray, real: np.ndarray, extractor, seed: int,
+                   device: torch.device) -> dict[str, float]:
+    """fid, kid, kid_sd, precision, recall (torch-fidelity) and sliced_w2 (POT) of images x against real.
+
+    Both sets are quantized to uint8 first (pipeline.data.images.to_uint8), as FID protocols ask;
+    any non-finite sample makes every metric of the run NaN.
+    """
+    from pipeline.data.images import to_model_space, to_uint8
+    from pipeline.fidelity import FidelityError, fidelity_metrics
+    from pipeline.metrics import sliced_w2
+
+    cfg = params.evaluate.image
+    metrics = {"fid": math.nan, "kid": math.nan, "kid_sd": math.nan, "precision": math.nan, "recall": math.nan,
+               "sliced_w2": math.nan}
+    if np.isfinite(x).all():
+        pixels, real_pixels = to_uint8(x), to_uint8(real)
+        try:
+            metrics = fidelity_metrics(pixels, real_pixels, extractor, cfg.kid_subset_size, cfg.prc_neighborhood,
+                                       seed, device, cfg.batch_size)
+        except FidelityError as error:
+            raise StageError(str(error)) from None
+        metrics["sliced_w2"] = sliced_w2(to_model_space(pixels), to_model_space(real_pixels),
+                                         cfg.sliced_w2_projections, seed % 2**32)
+    return metrics | {"fid_n": len(x), "sliced_w2_projections": cfg.sliced_w2_projections}
+
+
+def _bits_per_dim(nll: torch.Tensor, estimator: str, dim: int) -> torch.Tensor:
+    """Bits/dim: a discrete ELBO needs no offset (methods.md 2.12A); a density of dequantized images
+    in [-1, 1] is converted by pipeline.likelihood.bits_per_dim (+7 offset, methods.md 2.12C)."""
+    from pipeline.likelihood import bits_per_dim
+
+    return nll / (dim * math.log(2.0)) if estimator == "elbo" else bits_per_dim(nll, dim)
+
+
+def _image_baseline(root: Path, params: Params, dataset: str, data) -> dict:
+    """Real-vs-real floor: the reference split against the images FID compares with, at the same n."""
+    device = resolve_device(params.device)
+    extractor = _extractor(root, params, dataset)
+    against = _fid_against(params, data)
+    n = min(params.evaluate.image.fid_samples, len(against), len(data.reference))
+    table: dict = {}
+    metrics = _image_metrics(params, data.reference[:n], against[:n], extractor,
+                             derive_seed(params.data.seed, "baseline", dataset), device)
+    for metric, value in metrics.items():
+        _record(table, "data", 0, metric, value)
+    return table
+
+
 def run_baseline(root: Path, params: Params, dataset: str) -> Path:
-    """The data floor: W2 between disjoint reference chunks and the test split (mean and sd over chunks)."""
+    """The data floor: W2 between disjoint reference chunks and the test split (mean and sd over chunks);
+    for images, FID / KID / precision-recall / sliced W2 of the reference split against the test split."""
     data = datasets.load(data_file(root, dataset))
+    if data.kind == "image":
+        write_json(baseline_file(root, dataset), _image_baseline(root, params, dataset, data))
+        return baseline_file(root, dataset)
     cfg = params.evaluate
     n = min(cfg.w2_points, len(data.test))
     values = [w2_exact(data.reference[k * n:(k + 1) * n], data.test[:n])

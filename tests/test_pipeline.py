@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.data import DATASETS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,12 +47,18 @@ def test_smoke_pipeline_writes_the_comparison(smoke_repo):
     assert list(results.columns) == ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
     assert set(results.dataset) == set(params["datasets"])
     assert set(params["methods"]) <= set(results.method)
-    assert ((results.method == "data") & (results.metric == "w2")).sum() == len(params["datasets"])
+    images = [name for name in params["datasets"] if DATASETS[name] == "image"]
+    assert ((results.method == "data") & (results.metric == "w2")).sum() == len(params["datasets"]) - len(images)
+    assert ((results.method == "data") & (results.metric == "fid")).sum() == len(images)
+    for name in images:  # FID, KID, bits/dim and sliced W2 for every method on every image set
+        sub = results[(results.dataset == name) & (results.method.isin(params["methods"]))]
+        assert {"fid", "kid", "precision", "recall", "nll_bpd", "sliced_w2"} <= set(sub.metric)
+        assert set(params["methods"]) <= set(sub[sub.metric == "fid"].method)
     w2 = results[(results.metric == "w2") & (results.method != "data")]
     assert w2.value.notna().all() and (w2.value > 0).all()
     summary = (smoke_repo / "reports" / "summary.md").read_text()
     assert "ddpm / ancestral_beta" in summary and "flow_matching / ode_heun" in summary
-    for figure in ("samples.png", "w2_vs_nfe.png", "loss_curves.png"):
+    for figure in ("samples.png", "w2_vs_nfe.png", "loss_curves.png", *(f"samples_{name}.png" for name in images)):
         assert (smoke_repo / "reports" / "figures" / figure).stat().st_size > 1000
 
 

@@ -1,23 +1,25 @@
 """Data sets: each source is converted once by `prepare` into the project's own array file.
 
 data/<name>.npz holds float32 arrays `train`, `test` and `reference` (a held-out split used for
-the data floor of the metrics) and a JSON `meta` record (kind, shape, transform). Later stages
-read only these files, never a loader's on-disk format.
+the data floor of the metrics) and a JSON `meta` record (kind, shape, transform); image sets add
+`<split>_labels` (class indices, for the feature classifier). Later stages read only these
+files, never a loader's on-disk format. Image sources and pixel transforms: pipeline.data.images.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.images import IMAGE_DATASETS, ImageSourceError, prepare_image
 from pipeline.data.toy import STANDARDIZED, TOY_DATASETS
 from pipeline.io import write_npz
 
 #: every data set name accepted in params.yaml -> its kind ("toy" or "image")
-DATASETS: dict[str, str] = {name: "toy" for name in TOY_DATASETS}
+DATASETS: dict[str, str] = {name: "toy" for name in TOY_DATASETS} | {name: "image" for name in IMAGE_DATASETS}
 
 
 class DataError(Exception):
@@ -32,6 +34,8 @@ class Dataset:
     test: np.ndarray
     reference: np.ndarray
     meta: dict
+    #: class labels per split (image sets only)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,10 +62,16 @@ def prepare_toy(name: str, n_train: int, n_test: int, n_reference: int, seed: in
     return arrays
 
 
-def prepare(name: str, out_path: str | Path, data_section, seed: int) -> Path:
-    """Write data/<name>.npz for one data set."""
+def prepare(name: str, out_path: str | Path, data_section, seed: int, root: str | Path = ".") -> Path:
+    """Write data/<name>.npz for one data set (relative image source paths are taken from `root`)."""
     if DATASETS.get(name) == "toy":
         arrays = prepare_toy(name, data_section.n_train, data_section.n_test, data_section.n_reference, seed)
+    elif DATASETS.get(name) == "image":
+        try:
+            arrays = prepare_image(name, data_section.image_settings(name), seed, Path(root))
+        except ImageSourceError as error:
+            raise DataError(str(error)) from None
+        arrays["meta"] = np.array(json.dumps(arrays["meta"], sort_keys=True))
     else:
         raise DataError(f"unknown data set {name!r}")
     write_npz(out_path, **arrays)
@@ -76,6 +86,9 @@ def load(path: str | Path) -> Dataset:
     try:
         with np.load(path) as archive:
             meta = json.loads(str(archive["meta"]))
-            return Dataset(meta["name"], meta["kind"], archive["train"], archive["test"], archive["reference"], meta)
+            labels = {split: archive[f"{split}_labels"] for split in ("train", "test", "reference")
+                      if f"{split}_labels" in archive.files}
+            return Dataset(meta["name"], meta["kind"], archive["train"], archive["test"], archive["reference"], meta,
+                           labels)
     except (KeyError, ValueError, OSError) as error:
         raise DataError(f"{path} is unreadable ({error}); delete it and run `dvc repro` again") from None

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from pipeline.config import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.analytic_dpm import AnalyticTable, estimate_table
+from pipeline.likelihood import discretized_gaussian_log_likelihood, pixel_grid
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
 from pipeline.parameterization import Prediction
 from pipeline.paths import DiscreteLinearBetaPath
@@ -216,11 +217,13 @@ class DDPM(AffineMethod):
         L = KL(q(x_S | x) || N(0, I)) + sum_k KL(q(x_{tau_{k-1}} | x_{tau_k}, x) || p(x_{tau_{k-1}} | x_{tau_k}))
             - log N(x; mu(x_{tau_1}), sigma_1^2),
         one x_{tau_k} ~ q(x_{tau_k} | x) per term, shared by all variances (the means agree). For continuous
-        (2-D) data the decoder is a Gaussian density. Analytic-DPM's bound (Bao et al. 2022, sec. 5) is
-        reported as `analytic_ddpm` once its table is loaded.
+        (2-D) data the decoder is a Gaussian density; for 8-bit images ([C, H, W] data) x is snapped to the
+        pixel grid and the decoder is the discretized Gaussian (Ho et al. 2020, eq. 13; pipeline.likelihood).
+        Analytic-DPM's bound (Bao et al. 2022, sec. 5) is reported as `analytic_ddpm` once its table is loaded.
         """
         records = []
-        x = x.double()
+        images = len(self.data_shape) == 3
+        x = pixel_grid(x.double()) if images else x.double()
         d = self.dim
         variances = self.bound_variances()
         for budget in self.config.budgets:
@@ -242,7 +245,9 @@ class DDPM(AffineMethod):
                     post_var = self.posterior_variance(r, s)
                     for key, variance in variances.items():
                         var = variance(r, s)
-                        if s == 0:
+                        if s == 0 and images:
+                            bound[key] -= discretized_gaussian_log_likelihood(x, x0_hat, math.sqrt(var))
+                        elif s == 0:
                             bound[key] += 0.5 * (mean_sq / var + d * math.log(2 * math.pi * var))
                         else:
                             bound[key] += 0.5 * (d * (post_var / var - 1 + math.log(var / post_var)) + mean_sq / var)
