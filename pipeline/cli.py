@@ -70,9 +70,12 @@ def _run(action):
         _fail("interrupted; outputs were left untouched and training resumes from its last checkpoint", 130)
 
 
-def _check_names(params, method: str | None = None, dataset: str | None = None, seed: int | None = None) -> None:
-    if method is not None and method not in params.methods:
-        _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(params.methods)})", 2)
+def _check_names(params, method: str | None = None, dataset: str | None = None, seed: int | None = None,
+                 derived: bool = False) -> None:
+    """derived: also accept the methods of params.yaml's `reflow` section (made by `pipeline reflow`)."""
+    accepted = [*params.methods, *(params.reflow if derived else [])]
+    if method is not None and method not in accepted:
+        _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(accepted)})", 2)
     if dataset is not None and dataset not in params.datasets:
         _fail(f"--dataset {dataset!r} is not in params.yaml's datasets ({', '.join(params.datasets)})", 2)
     if seed is not None and seed not in params.seeds:
@@ -128,13 +131,29 @@ def features(dataset: str = DatasetOpt) -> None:
 
 
 @app.command()
+def reflow(method: str = typer.Option(..., "--method", "-m", help="Derived method of params.yaml's `reflow`."),
+           dataset: str = DatasetOpt, seed: int = SeedOpt,
+           progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
+    """Make a derived flow by reflow: coupled pairs from its source flow's ODE, then training on them."""
+    from pipeline.stages import run_reflow
+
+    def action(params):
+        if method not in params.reflow:
+            _fail(f"--method {method!r} is not in params.yaml's reflow ({', '.join(params.reflow) or 'empty'})", 2)
+        _check_names(params, dataset=dataset, seed=seed)
+        typer.echo(f"wrote {run_reflow(_state['root'], params, method, dataset, seed, progress)}")
+
+    _run(action)
+
+
+@app.command()
 def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
            progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
     """Draw samples with every sampler and step budget of the method."""
     from pipeline.stages import run_sample
 
     def action(params):
-        _check_names(params, method, dataset, seed)
+        _check_names(params, method, dataset, seed, derived=True)
         typer.echo(f"wrote {run_sample(_state['root'], params, method, dataset, seed, progress)}")
 
     _run(action)
@@ -147,7 +166,7 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
     from pipeline.stages import run_baseline, run_evaluate
 
     def action(params):
-        _check_names(params, method, dataset, seed if method else None)
+        _check_names(params, method, dataset, seed if method else None, derived=True)
         path = run_evaluate(_state["root"], params, method, dataset, seed) if method else \
             run_baseline(_state["root"], params, dataset)
         typer.echo(f"wrote {path}")

@@ -24,6 +24,7 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+
 class TrainSettings(Strict):
     """One training run (Adam, linear warm-up then cosine decay, EMA of the weights, gradient clipping)."""
 
@@ -238,6 +239,9 @@ class Params(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     datasets: list[str] = Field(min_length=1)
     methods: dict[str, Any] = Field(min_length=1)
+    #: methods a later stage makes from another method's model (pipeline.methods.DERIVED_METHODS), with
+    #: their settings; e.g. rectified_flow_2, the reflow of rectified_flow. Empty: no such stages.
+    reflow: dict[str, Any] = Field(default_factory=dict)
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     network: NetworkSection = NetworkSection()
@@ -302,6 +306,25 @@ class Params(Strict):
                 raise ValueError(f"methods.{name}.samplers: {error}") from None
             validated[name] = config
         object.__setattr__(self, "methods", validated)
+        return self
+
+    @model_validator(mode="after")
+    def _validate_reflow(self) -> "Params":
+        from pipeline.methods import DERIVED_METHODS, METHODS
+
+        validated = {}
+        for name, section in self.reflow.items():
+            if name not in DERIVED_METHODS:
+                raise ValueError(f"reflow.{name}: unknown derived method; accepted: {', '.join(DERIVED_METHODS)}")
+            source = DERIVED_METHODS[name]
+            if source not in self.methods:
+                raise ValueError(f"reflow.{name}: needs methods.{source}, the method it is made from")
+            settings_cls = METHODS[source].ReflowConfig
+            try:
+                validated[name] = settings_cls.model_validate({} if section is None else section)
+            except ValidationError as error:
+                raise ValueError(_first_error(error, prefix=f"reflow.{name}", model=settings_cls)) from None
+        object.__setattr__(self, "reflow", validated)
         return self
 
     def method_config(self, name: str) -> MethodConfig:

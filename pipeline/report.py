@@ -16,8 +16,8 @@ import pandas as pd
 from pipeline.config import Params
 from pipeline.io import atomic_directory, write_text
 from pipeline.data import DATASETS
-from pipeline.stages import (StageError, baseline_file, features_metrics_file, load_samples, loss_file, metrics_file,
-                             samples_file)
+from pipeline.stages import (StageError, baseline_file, evaluated_methods, features_metrics_file, load_samples,
+                             loss_file, metrics_file, samples_file)
 
 COLUMNS = ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
 #: headline metrics of the summary table, in column order, and whether lower is better
@@ -25,6 +25,8 @@ HEADLINE_METRICS = {"w2": True, "nll": True}
 #: headline metrics of image data sets (FID family through torch-fidelity, bits/dim, sliced W2)
 IMAGE_HEADLINE_METRICS = {"fid": True, "kid": True, "precision": False, "recall": False, "nll_bpd": True,
                           "sliced_w2": True}
+#: properties of a flow's ODE trajectories (Liu et al. 2023), reported by the flows that define them
+PATH_METRICS = ["straightness", "transport_cost"]
 
 
 def _rows_from_table(table: dict, dataset: str, method: str, seed: int) -> list[dict]:
@@ -50,11 +52,11 @@ def collect_results(root: Path, params: Params) -> pd.DataFrame:
         if DATASETS[dataset] == "image":
             rows += _rows_from_table(_read_json(features_metrics_file(root, dataset)), dataset, "features",
                                      params.data.seed)
-        for method in params.methods:
+        for method in evaluated_methods(params):
             for seed in params.seeds:
                 rows += _rows_from_table(_read_json(metrics_file(root, method, dataset, seed)), dataset, method, seed)
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    order = {name: i for i, name in enumerate(["data", *params.methods])}
+    order = {name: i for i, name in enumerate(["data", *evaluated_methods(params)])}
     dataset_order = {name: i for i, name in enumerate(params.datasets)}
     frame = frame.assign(_m=frame.method.map(order), _d=frame.dataset.map(dataset_order))
     frame = frame.sort_values(["_d", "_m", "sampler", "nfe", "seed", "metric"], kind="stable")
@@ -98,7 +100,7 @@ def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE
             label += f" ({nfe})"
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = label
     columns = [f"{d} {m}" for d in names for m in metrics]
-    order = ["data", *params.methods]
+    order = ["data", *evaluated_methods(params)]
     keys = sorted(cells, key=lambda k: (order.index(k[0]), k[1]))
     table = pd.DataFrame([[cells[k].get(c, "—") for c in columns] for k in keys], columns=columns,
                          index=[f"{m} / {s}" for m, s in keys])
@@ -113,6 +115,16 @@ def budget_table(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame
     pivot = pivot.reindex(sorted(pivot.columns), axis=1)
     pivot.index = [f"{m} / {s}" for m, s in pivot.index]
     return pivot.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+
+
+def path_table(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Rows method, columns straightness and transport cost (means over seeds)."""
+    sub = frame[(frame.dataset == dataset) & frame.metric.isin(PATH_METRICS)]
+    if sub.empty:
+        return pd.DataFrame()
+    pivot = sub.groupby(["method", "metric"], sort=False).value.mean().unstack("metric")
+    pivot = pivot.reindex([m for m in PATH_METRICS if m in pivot.columns], axis=1)
+    return pivot.map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
 
 
 def extractor_label(frame: pd.DataFrame, params: Params, dataset: str) -> str:
@@ -158,7 +170,7 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
 
 def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
     lines = ["# Benchmark summary", "",
-             f"Methods: {', '.join(params.methods)}. Data sets: {', '.join(params.datasets)}. "
+             f"Methods: {', '.join(evaluated_methods(params))}. Data sets: {', '.join(params.datasets)}. "
              f"Seeds: {', '.join(map(str, params.seeds))}.", "",
              f"## Headline comparison (NFE closest to {params.report.headline_nfe})", "",
              "Each cell: mean (± sd over seeds, or ± standard error for one seed) and, in brackets, the NFE "
@@ -175,6 +187,15 @@ def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
             if table.empty:
                 continue
             lines += [f"### {dataset}", "", table.to_markdown(), ""]
+    path_tables = [(dataset, path_table(frame, dataset)) for dataset in params.datasets]
+    if any(not table.empty for _, table in path_tables):
+        lines += ["## Straightness of the flows", "",
+                  "`straightness`: int_0^1 E||(Z1 - Z0) - v(Z_t, t)||^2 dt along the RK45 trajectories (0 for "
+                  "straight paths); `transport_cost`: E||Z1 - Z0||^2 between the noise and the sample it "
+                  "becomes (Liu et al. 2023).", ""]
+        for dataset, table in path_tables:
+            if not table.empty:
+                lines += [f"### {dataset}", "", table.to_markdown(), ""]
     lines += ["## Figures", "", "![samples](figures/samples.png)", "", "![w2 vs nfe](figures/w2_vs_nfe.png)", "",
               "![loss curves](figures/loss_curves.png)", ""]
     return "\n".join(lines)
@@ -206,7 +227,7 @@ def _image_figures(root: Path, frame: pd.DataFrame, params: Params, dataset: str
     floor = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid")].value
     panels = [(f"data (test); floor FID {floor.iloc[0]:.2f}" if len(floor) else "data (test)",
                datasets.load(data_file(root, dataset)).test)]
-    for method in params.methods:
+    for method in evaluated_methods(params):
         index, samples = load_samples(samples_file(root, method, dataset, seed))
         first = index[0]["sampler"]
         best = max((r for r in index if r["sampler"] == first), key=lambda r: r["nfe"])
@@ -236,7 +257,7 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     from pipeline.stages import data_file
 
     seed = params.seeds[0]
-    methods = list(params.methods)
+    methods = evaluated_methods(params)
     rows, cols = len(methods) + 1, len(params.datasets)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
     for j, dataset in enumerate(params.datasets):

@@ -9,6 +9,7 @@ Outputs (all written atomically):
     metrics/data/<dataset>.json                          baseline (the data floor)
     models/features/<dataset>.pt                         features (image sets: the FID classifier)
     metrics/features/<dataset>.json                      features (its accuracy)
+    reflow/<method>/<dataset>/seed<k>.npz                reflow (coupled pairs of a derived method)
 Resumable training state lives in checkpoints/ (not a DVC output, so DVC never deletes it).
 """
 
@@ -26,7 +27,7 @@ from pipeline import data as datasets
 from pipeline.config import Params
 from pipeline.data.images import dequantize
 from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write_json, write_npz, write_text
-from pipeline.methods import build_method
+from pipeline.methods import DERIVED_METHODS, build_method
 from pipeline.methods.base import EvalContext, Method
 from pipeline.metrics import w2_exact
 from pipeline.nets import build_network
@@ -69,6 +70,23 @@ def metrics_file(root: Path, method: str, dataset: str, seed: int) -> Path:
 
 def baseline_file(root: Path, dataset: str) -> Path:
     return root / "metrics" / "data" / f"{dataset}.json"
+
+
+def reflow_pairs_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "reflow" / method / dataset / f"seed{seed}.npz"
+
+
+def evaluated_methods(params: Params) -> list[str]:
+    """Every method with a model: params.yaml's methods, each followed by those `reflow` derives from it."""
+    names: list[str] = []
+    for name in params.methods:
+        names += [name, *(derived for derived in params.reflow if DERIVED_METHODS[derived] == name)]
+    return names
+
+
+def method_section(params: Params, method_name: str):
+    """The params.yaml section of a method (a derived method shares its source's)."""
+    return params.method_config(DERIVED_METHODS.get(method_name, method_name))
 
 
 def run_key(sampler: str, budget: int | None) -> str:
@@ -169,7 +187,9 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     """Rebuild the method and its EMA network; refuse a model made by other parameters."""
     path = model_file(root, method_name, dataset, seed)
     if not path.exists():
-        raise StageError(f"{path} is missing; run `dvc repro train@{method_name}-{dataset}-{seed}` first")
+        stage = f"reflow@{method_name}-{dataset}-{seed}" if method_name in DERIVED_METHODS else \
+            f"train@{method_name}-{dataset}-{seed}"
+        raise StageError(f"{path} is missing; run `dvc repro {stage}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
@@ -177,10 +197,14 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise StageError(f"{path} is not a model file of this pipeline; run `dvc repro` to retrain")
     recipe = saved["recipe"]
-    config = params.method_config(method_name)
+    config = method_section(params, method_name)
+    source = DERIVED_METHODS.get(method_name, method_name)
     if recipe["method"] != method_name or recipe["method_config"] != config.model_dump():
         raise StageError(f"{path} was trained as {recipe['method']!r} with other parameters than params.yaml's "
-                         f"methods.{method_name}; run `dvc repro` to retrain")
+                         f"methods.{source}; run `dvc repro` to retrain")
+    if method_name in DERIVED_METHODS and recipe.get("reflow") != _reflow_settings(params, method_name).model_dump():
+        raise StageError(f"{path} was made with other settings than params.yaml's reflow.{method_name}; "
+                         f"run `dvc repro` to remake it")
     method = build_method(method_name, config, tuple(saved["data_shape"]))
     net = build_network(method.data_shape, _network_from_dict(recipe["network"]), method.extra_outputs)
     net.load_state_dict(saved["state_dict"])
@@ -189,10 +213,62 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     return method, net
 
 
+def _reflow_settings(params: Params, method_name: str):
+    if method_name not in params.reflow:
+        raise StageError(f"{method_name} is not in params.yaml's reflow section "
+                         f"({', '.join(params.reflow) or 'empty'})")
+    return params.reflow[method_name]
+
+
 def _network_from_dict(section: dict):
     from pipeline.config import NetworkSection
 
     return NetworkSection.model_validate(section)
+
+
+# ---------------------------------------------------------------- reflow
+
+
+def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed: int,
+               progress: bool = True) -> Path:
+    """Reflow (Liu et al. 2023, Alg. 1): coupled pairs (Z0, ODE(Z0)) of the source flow, then the derived
+    flow trained on them by the one training loop, starting from the source's EMA weights."""
+    if method_name not in DERIVED_METHODS:
+        raise StageError(f"--method {method_name!r} is not a derived method ({', '.join(DERIVED_METHODS)})")
+    source = DERIVED_METHODS[method_name]
+    reflow = _reflow_settings(params, method_name)
+    device = resolve_device(params.device)
+    method, source_net = load_model(root, params, source, dataset, seed, device)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "reflow", method_name, dataset))
+    noise, coupled = method.coupled_pairs(source_net, reflow.n_pairs, generator, reflow.solve_batch,
+                                          reflow.rtol, reflow.atol)
+    pairs_path = reflow_pairs_file(root, method_name, dataset, seed)
+    write_npz(pairs_path, noise=noise.float().cpu().numpy(), data=coupled.float().cpu().numpy())
+    source_path = model_file(root, source, dataset, seed)
+    source_recipe = torch.load(source_path, map_location="cpu", weights_only=False)["recipe"]
+    settings = params.train_settings(source, datasets.DATASETS[dataset]).model_copy(
+        update=reflow.train.model_dump(exclude_none=True))
+    recipe = {"method": method_name, "source": source, "dataset": dataset, "seed": seed,
+              "method_config": method_section(params, method_name).model_dump(), "reflow": reflow.model_dump(),
+              "train": settings.model_dump(), "network": source_recipe["network"],
+              "source_sha256": sha256_file(source_path),
+              "pairs_sha256": sha256_file(pairs_path)}
+    identity = hash_config(recipe)
+    stage_seed = derive_seed(seed, "train", method_name, dataset)
+    net = source_net.train().requires_grad_(True)
+    pairs = torch.stack([noise, coupled], dim=1).float().cpu()
+    checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
+    try:
+        result = train(net, method.pair_loss, pairs, settings, stage_seed, checkpoint, identity, device, progress)
+    except CheckpointError as error:
+        raise StageError(str(error)) from None
+    save_torch(model_file(root, method_name, dataset, seed), {
+        "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(method.data_shape),
+        "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
+    })
+    rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
+    write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
+    return model_file(root, method_name, dataset, seed)
 
 
 # ---------------------------------------------------------------- sample
@@ -293,6 +369,11 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
             _record(table, record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))
             if record.estimator == "ode_hutchinson":
                 _record(table, record.sampler, record.nfe, "nll_probes", 1)
+    # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
+    trajectory_metrics = getattr(method, "trajectory_metrics", None)
+    if trajectory_metrics is not None:
+        for sampler, nfe, metric, value in trajectory_metrics(net, n, generator, context):
+            _record(table, sampler, nfe, metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
 

@@ -26,7 +26,8 @@ class ExactField(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         low, high = math.log(self.method.config.z_min), math.log(self.method.config.z_max)
         z = torch.exp(t.float() * (high - low) + low)
-        return normalized_field(*empirical_field(x.float(), z, self.charges), self.method.config.gamma)
+        x = x.float() * torch.sqrt(z.pow(2) + 1)[:, None]  # undo PFGM.network_input
+        return normalized_field(*empirical_field(x, z, self.charges), self.method.config.gamma)
 
 
 def _closed_form_field(x, z, charges):
@@ -68,7 +69,7 @@ def test_exact_z_component_recovers_the_target():
     charges = torch.randn(10, 2, generator=generator, dtype=torch.float64)
     x = 3 * torch.randn(200, 2, generator=generator, dtype=torch.float64)
     z = torch.exp(torch.empty(200, dtype=torch.float64).uniform_(-7, 3, generator=generator))
-    for gamma in (0.0, 0.5, 5.0):
+    for gamma in (0.1, 0.5, 5.0):
         target = normalized_field(*empirical_field(x, z, charges), gamma)
         torch.testing.assert_close(exact_z_component(target[:, :2], z, gamma), target[:, 2])
 
@@ -124,13 +125,14 @@ def test_backward_ode_on_the_exact_field_lands_on_the_charges(sampler, budget):
 
 
 def test_exact_field_sampler_reproduces_the_oracle_mixture():
-    mixture = oracle_mixture()
-    charges = mixture.sample(1000, torch.Generator().manual_seed(1)).float()
+    """The exact field of charges drawn from the mixture carries the prior onto the charges, each receiving an
+    equal share of the flux, so the sampler is as close to the charges as resampling them is."""
+    charges = oracle_mixture().sample(500, torch.Generator().manual_seed(1)).float()
     method = PFGM(PFGMConfig(), (2,))
-    samples = method.sample(ExactField(method, charges), "ode_rk45", None, 1000, torch.Generator().manual_seed(2)).x
-    fresh = mixture.sample(1000, torch.Generator().manual_seed(3)).numpy()
-    floor = w2_exact(mixture.sample(1000, torch.Generator().manual_seed(4)).numpy(), fresh)
-    assert w2_exact(samples.numpy(), fresh) < 1.5 * floor
+    samples = method.sample(ExactField(method, charges), "ode_rk45", None, 2000, torch.Generator().manual_seed(2)).x
+    floor = sum(w2_exact(charges[torch.randint(0, 500, (2000,), generator=torch.Generator().manual_seed(k))].numpy(),
+                         charges.numpy()) for k in range(5)) / 5
+    assert w2_exact(samples.numpy(), charges.numpy()) < 1.5 * floor
 
 
 def test_likelihood_matches_the_exact_slice_density():

@@ -51,7 +51,8 @@ def test_coupled_pairs_are_the_first_flows_ode_solution():
     noise, coupled = method.coupled_pairs(net, 300, torch.Generator().manual_seed(5), solve_batch=128)
     again = method.prior_sample(300, torch.Generator().manual_seed(5), "cpu")
     torch.testing.assert_close(noise, again)
-    direct = torch.cat([ode_rk45(method.velocity_fn(net), chunk, 1.0, 0.0).x for chunk in noise.split(128)])
+    with torch.no_grad():
+        direct = torch.cat([ode_rk45(method.velocity_fn(net), chunk, 1.0, 0.0).x for chunk in noise.split(128)])
     torch.testing.assert_close(coupled, direct)
     assert (coupled - noise).abs().max() > 0.01  # the flow moved the points
 
@@ -79,19 +80,19 @@ def _fit(net, loss_fn, data, steps, seed, tmp_path):
 
 
 def test_reflow_straightens_the_flow_on_moons(tmp_path):
-    """2-rectified flow trained on (Z0, ODE_1(Z0)) pairs is straighter than 1-rectified flow (Liu et al. 2023, thm 3.6)."""
+    """2-rectified flow, trained on (Z0, ODE_1(Z0)) pairs, is straighter than 1-rectified flow (Liu et al. 2023)."""
     torch.manual_seed(0)
     moons = two_moons(4000, np.random.default_rng(0))
     data = torch.from_numpy(((moons - moons.mean(0)) / moons.std(0)).astype(np.float32))
     method = RectifiedFlow(RectifiedFlowConfig(), (2,))
-    first = _fit(MLP(2, hidden=64, depth=2, time_embedding=16), method.loss, data, 800, 1, tmp_path)
+    first = _fit(MLP(2, hidden=64, depth=2, time_embedding=16), method.loss, data, 500, 1, tmp_path)
     context = EvalContext(rtol=1e-4, atol=1e-4)
     before = flow_path_metrics(method, first, 1000, torch.Generator().manual_seed(2), context, grid_points=33)
     noise, coupled = method.coupled_pairs(first, 4000, torch.Generator().manual_seed(3), 4000, 1e-4, 1e-4)
     pairs = torch.stack([noise, coupled], 1)
-    second = _fit(copy.deepcopy(first).train(), method.pair_loss, pairs, 600, 4, tmp_path)
+    second = _fit(copy.deepcopy(first).train(), method.pair_loss, pairs, 400, 4, tmp_path)
     after = flow_path_metrics(method, second, 1000, torch.Generator().manual_seed(2), context, grid_points=33)
-    assert _straightness(after) < 0.5 * _straightness(before)
+    assert _straightness(after) < 0.25 * _straightness(before)
     # reflow does not increase a convex transport cost (Liu et al. 2023, thm 3.5), up to training error
     assert _transport(after) < 1.1 * _transport(before)
 
@@ -116,7 +117,8 @@ def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
     with np.load(stages.reflow_pairs_file(tmp_path, "rectified_flow_2", "moons", 0)) as pairs:
         noise, coupled = torch.from_numpy(pairs["noise"]), torch.from_numpy(pairs["data"])
     assert noise.shape == coupled.shape == (300, 2)
-    direct = torch.cat([ode_rk45(method.velocity_fn(first), chunk, 1.0, 0.0).x for chunk in noise.split(128)])
+    with torch.no_grad():
+        direct = torch.cat([ode_rk45(method.velocity_fn(first), chunk, 1.0, 0.0).x for chunk in noise.split(128)])
     torch.testing.assert_close(coupled, direct, rtol=1e-4, atol=1e-4)
     _, second = stages.load_model(tmp_path, params, "rectified_flow_2", "moons", 0, torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

@@ -1,0 +1,248 @@
+"""Poisson flow generative models, PFGM (Xu, Liu, Tegmark, Jaakkola 2022; methods.md 2.9, 6.8).
+
+The data y in R^d are charges on the plane z = 0 of the augmented space R^{d+1}, points
+x~ = (x, z). Their field E(x~) = int (x~ - y~)/||x~ - y~||^{d+1} p(y) dy has E_z > 0 above the plane,
+so z decreases monotonically along a field line followed backwards, and the slice density at
+height z is the data smoothed by the Cauchy kernel c_d z/(||x - y||^2 + z^2)^{(d+1)/2}.
+
+Training (their Alg. 2 and released code): perturb a batch in R^{d+1},
+    m ~ U[0, M], (eps_x, eps_z) ~ N(0, sigma^2 I), u uniform on the unit sphere,
+    x = y + ||eps_x|| (1 + tau)^m u,   z = |eps_z| (1 + tau)^m,
+and regress the network f(x, z) in R^{d+1} onto the normalized empirical field
+    E^_i = sum_j w_ij (y~_j - x~_i),  w_ij proportional to ||x~_i - y~_j||^{-(d+1)} (normalized over j, log-space),
+    target = sqrt(d) E^_i / (||E^_i|| + gamma),
+over a reference batch larger than the training batch: the batch's own points plus
+`reference_batch - batch` more training points drawn every step (the code's large batch). The
+self-normalized estimator is biased, hence the large reference (S2 13.7). `restrict_M` (off by
+default, see below) is the code's: a signed draw eps_z < 0.005 gets m ~ U[0, 0.7 M]. The per-sample
+loss is averaged over the d + 1 components (the code sums and halves; the mean keeps the shared
+learning rate).
+
+Because E^_z = -z exactly (the weights sum to one), the z-component of the target is a function
+of the x-component and z: with a = ||v_x||^2/d and N = ||E^|| + gamma,
+    N = (gamma + sqrt(a gamma^2 + (1 - a) z^2)) / (1 - a),   v_z = -sqrt(d) z / N.
+Below z_exp (for gamma > 0) the sampler uses this exact v_z instead of the predicted one (the code's
+substitution, their app. B.2.3, uses the approximation ||E^|| ~ ||E^_x|| to find N).
+
+Network: input x / sqrt(z^2 + 1) (an input scaling in the spirit of EDM's c_in, not in the paper),
+time input t' = (ln z - ln z_min)/(ln z_max - ln z_min) (0 at z_min, 1 at z_max), and d + 1
+outputs (Method.extra_outputs = 1).
+
+Prior at z = z_max: x = z_max g/|g'| with g ~ N(0, I_d), g' ~ N(0, 1), which has the radius law of the
+code's Beta(d/2, 1/2) trick; the radius is clipped to [1, upper_norm]. Backward ODE in s = ln z:
+    dx/ds = z v_x / v_z,   from ln z_max down to ln z_min,
+with adaptive RK45 (`ode_rk45`) or Euler on a uniform grid in s (`ode_euler`); the predicted v_z is
+kept below -1e-5 (the code adds 1e-5, which flips the sign when v_z is close to zero).
+
+Likelihood (methods.md 2.9): log p(x) = log p_prior(x(z_max)) + int_{ln z_min}^{ln z_max} div_x F ds
+with F the drift above and the Cauchy prior c_d z_max/(||x||^2 + z_max^2)^{(d+1)/2}; the z_min slice
+stands for the data and the z_max slice is taken to be exactly Cauchy.
+
+2-D settings (methods.md 2.9 "2D [SUG]"): sigma = 0.01, tau = 0.03, M = 291 as on CIFAR-10, so
+sigma (1 + tau)^M = 54 covers z_max = 40 (about 30 data scales of standardized data). In 2-D the
+radius of the prior (and of the perturbation at a given z) is heavy-tailed, P(r > k z) ~ 1/k,
+unlike in high dimension where it concentrates near sqrt(d) z. Two departures follow, both checked
+on moons: restrict_M is off, because it removes exactly the large radius-to-height ratios the prior
+starts from (with it on, a few percent of the samples never come in); and the radius is clipped
+at 20 z_max rather than the suggested 50 z_max, because the learned field is inaccurate that far out
+(at 50 z_max about 0.5% of the samples stay far away), while clipping 5% of the prior radii at
+20 z_max leaves the W2 of the exact field's samples unchanged (0.194 at 20 and 50 z_max).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from pipeline.config import MethodConfig
+from pipeline.likelihood import ode_log_likelihood
+from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
+from pipeline.solvers import SolverResult, ode_euler, ode_rk45, uniform_grid
+
+
+class PFGMConfig(MethodConfig):
+    sigma: float = Field(0.01, gt=0)
+    tau: float = Field(0.03, gt=0)
+    M: PositiveInt = 291
+    #: the code's restriction of m for small eps_z (see the module docstring); off for 2-D data
+    restrict_M: bool = False
+    gamma: float = Field(5.0, ge=0)
+    #: charges of the empirical field per step: the training batch plus this many minus the batch
+    reference_batch: PositiveInt = 4096
+    z_max: float = Field(40.0, gt=0)
+    z_min: float = Field(1e-3, gt=0)
+    #: below this height the sampler uses the exact v_z (app. B.2.3 of the paper)
+    z_exp: float = Field(1.0, ge=0)
+    upper_norm: float = Field(800.0, gt=1)
+    budgets: list[PositiveInt] = Field(default_factory=lambda: [1000, 100, 20, 10], min_length=1)
+
+    @model_validator(mode="after")
+    def _heights(self) -> "PFGMConfig":
+        if self.z_min >= self.z_max:
+            raise ValueError(f"z_min ({self.z_min}) must be below z_max ({self.z_max})")
+        return self
+
+
+def empirical_field(x: Tensor, z: Tensor, charges: Tensor) -> tuple[Tensor, Tensor]:
+    """(E^_x, E^_z): sum_j w_ij (y~_j - x~_i) with w_ij proportional to ||x~_i - y~_j||^{-(d+1)}, normalized over j.
+
+    x [B, d], z [B], charges [R, d] on the plane z = 0. The weights are a softmax of
+    -(d+1)/2 log ||x~ - y~||^2, so they neither underflow nor overflow in any dimension. Distances
+    are exact differences in low dimension (the matrix-product form loses the small ones).
+    """
+    d = x.shape[1]
+    if d <= 16:
+        planar = (x[:, None, :] - charges[None]).pow(2).sum(-1)
+    else:
+        planar = torch.cdist(x, charges).pow(2)
+    squared = planar + z[:, None].pow(2)
+    weights = torch.softmax(-0.5 * (d + 1) * torch.log(squared), dim=1)
+    return weights @ charges - x, -z * weights.sum(1)
+
+
+def normalized_field(field_x: Tensor, field_z: Tensor, gamma: float) -> Tensor:
+    """[B, d + 1] target sqrt(d) E^/(||E^|| + gamma) of the PFGM loss."""
+    field = torch.cat([field_x, field_z[:, None]], dim=1)
+    d = field_x.shape[1]
+    return math.sqrt(d) * field / (field.norm(dim=1, keepdim=True) + gamma)
+
+
+def field_scale(v_x: Tensor, z: Tensor, gamma: float) -> Tensor:
+    """N = ||E^|| + gamma of a normalized field v = sqrt(d) E^/N, from its x-part and E^_z = -z.
+
+    Ill-conditioned for gamma = 0 when z << ||E^|| (then ||v_x|| -> sqrt(d) whatever z is), so the
+    sampler substitutes only for gamma > 0, as the code does.
+    """
+    d = v_x.shape[1]
+    a = (v_x.pow(2).sum(1) / d).clamp(max=1 - 1e-6)
+    return (gamma + torch.sqrt(a * gamma**2 + (1 - a) * z.pow(2))) / (1 - a)
+
+
+def exact_z_component(v_x: Tensor, z: Tensor, gamma: float) -> Tensor:
+    """v_z = -sqrt(d) z / N of a normalized field, from its x-part."""
+    return -math.sqrt(v_x.shape[1]) * z / field_scale(v_x, z, gamma)
+
+
+def sample_euler(method: "PFGM", net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
+    """Euler on dx/ds, `budget` uniform steps in s = ln z from ln z_max to ln z_min."""
+    grid = uniform_grid(budget, math.log(method.config.z_max), math.log(method.config.z_min))
+    return ode_euler(method.drift_fn(net), x, grid)
+
+
+def sample_rk45(method: "PFGM", net: nn.Module, x: Tensor, budget, generator) -> SolverResult:
+    """Adaptive Dormand-Prince (rtol = atol = 1e-5) on dx/ds from ln z_max to ln z_min (Xu et al. 2022, sec. 4)."""
+    return ode_rk45(method.drift_fn(net), x, math.log(method.config.z_max), math.log(method.config.z_min))
+
+
+class PFGM(Method):
+    Config = PFGMConfig
+    extra_outputs = 1
+    samplers = {
+        "ode_euler": SamplerSpec(sample_euler, description="backward Poisson-field ODE in ln z, Euler"),
+        "ode_rk45": SamplerSpec(sample_rk45, uses_budget=False,
+                                description="backward Poisson-field ODE in ln z, RK45"),
+    }
+
+    def __init__(self, config: PFGMConfig, data_shape):
+        super().__init__(config, data_shape)
+        self.reference_pool: Tensor | None = None
+
+    # ------------------------------------------------------------- training
+
+    def training_data(self, train: Tensor, net: nn.Module | None = None) -> Tensor:
+        """The training split; it is also the pool the loss draws its reference charges from."""
+        self.reference_pool = train.flatten(1)
+        return train
+
+    def network_input(self, x: Tensor, z: Tensor) -> Tensor:
+        """x / sqrt(z^2 + 1): the perturbed points spread like z around unit-scale data, so this keeps the
+        network's input of order one at every height (EDM's c_in, Karras et al. 2022). Without it the
+        prior's radii (up to upper_norm) swamp the MLP's layer norms and its output stops depending on z."""
+        return x / torch.sqrt(z.pow(2) + 1).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def network(self, net: nn.Module, x: Tensor, z: Tensor) -> Tensor:
+        """The network's d + 1 outputs at (x, z), flattened to [B, d + 1]."""
+        return call_network(net, self.network_input(x, z), self.network_time(z)).flatten(1)
+
+    def network_time(self, z: Tensor) -> Tensor:
+        """t' = (ln z - ln z_min)/(ln z_max - ln z_min): 0 at z_min, 1 at z_max."""
+        low, high = math.log(self.config.z_min), math.log(self.config.z_max)
+        return (torch.log(z.clamp_min(1e-10)) - low) / (high - low)
+
+    def perturb(self, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(x, z) = (y + ||eps_x|| (1 + tau)^m u, |eps_z| (1 + tau)^m) (Xu et al. 2022, Alg. 2 and code)."""
+        cfg = self.config
+        n, d = y.shape
+        m = torch.rand(n, generator=generator, device=y.device) * cfg.M
+        eps_z = torch.randn(n, generator=generator, device=y.device) * cfg.sigma
+        if cfg.restrict_M:
+            restricted = torch.rand(n, generator=generator, device=y.device) * int(0.7 * cfg.M)
+            m = torch.where(eps_z < 0.005, restricted, m)
+        multiplier = (1 + cfg.tau) ** m
+        radius = (torch.randn(n, d, generator=generator, device=y.device) * cfg.sigma).norm(dim=1) * multiplier
+        direction = torch.randn(n, d, generator=generator, device=y.device)
+        direction = direction / direction.norm(dim=1, keepdim=True)
+        return y + radius[:, None] * direction, eps_z.abs() * multiplier
+
+    def reference_charges(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """The batch itself plus reference_batch - len(batch) points of the training split."""
+        extra = self.config.reference_batch - batch.shape[0]
+        if extra <= 0 or self.reference_pool is None:
+            return batch
+        if self.reference_pool.device != batch.device:
+            self.reference_pool = self.reference_pool.to(batch.device)
+        index = torch.randint(0, self.reference_pool.shape[0], (extra,), generator=generator, device=batch.device)
+        return torch.cat([batch, self.reference_pool[index].to(batch.dtype)])
+
+    def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """|| f(x, z) - sqrt(d) E^/(||E^|| + gamma) ||^2 averaged over the d + 1 components."""
+        y = batch.flatten(1)
+        x, z = self.perturb(y, generator)
+        with torch.no_grad():
+            charges = self.reference_charges(y, generator)
+            target = normalized_field(*empirical_field(x, z, charges), self.config.gamma)
+        output = self.network(net, x.reshape(batch.shape), z)
+        return (output - target).pow(2).mean(1)
+
+    # ------------------------------------------------------------- prior and sampling
+
+    def prior_sample(self, n: int, generator: torch.Generator, device) -> Tensor:
+        """x on the z = z_max plane: z_max g/|g'|, radius clipped to [1, upper_norm] (Xu et al. 2022, app. A.4)."""
+        g = torch.randn(n, self.dim, generator=generator, device=device)
+        g_z = torch.randn(n, generator=generator, device=device).abs()
+        radius = (self.config.z_max * g.norm(dim=1) / g_z).clamp(1.0, self.config.upper_norm)
+        return (g / g.norm(dim=1, keepdim=True) * radius[:, None]).reshape(n, *self.data_shape)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """log c_d z_max/(||x||^2 + z_max^2)^{(d+1)/2}, c_d = Gamma((d+1)/2)/pi^{(d+1)/2} (radius clipping ignored)."""
+        d, z_max = self.dim, self.config.z_max
+        log_c = math.lgamma((d + 1) / 2) - (d + 1) / 2 * math.log(math.pi)
+        return log_c + math.log(z_max) - (d + 1) / 2 * torch.log(x.flatten(1).pow(2).sum(1) + z_max**2)
+
+    def drift_fn(self, net: nn.Module):
+        """dx/ds = z v_x / v_z in s = ln z, with the exact v_z below z_exp."""
+        cfg = self.config
+        sqrt_d = math.sqrt(self.dim)
+
+        def drift(x: Tensor, s: Tensor) -> Tensor:
+            z = s.exp()
+            output = self.network(net, x, z)
+            v_x, v_z = output[:, :-1], output[:, -1]
+            # z / v_z, with v_z = -sqrt(d) z / N below z_exp, is -N / sqrt(d)
+            exact = (z < cfg.z_exp) & (cfg.gamma > 0)
+            ratio = torch.where(exact, -field_scale(v_x, z, cfg.gamma) / sqrt_d, z / v_z.clamp(max=-1e-5))
+            return (ratio[:, None] * v_x).reshape(x.shape)
+
+        return drift
+
+    def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
+                       context: EvalContext) -> list[LikelihoodRecord]:
+        """The CNF formula in s = ln z from ln z_min to ln z_max with the Cauchy prior (exact divergence in 2-D)."""
+        estimator = "exact" if self.dim <= 16 else "hutchinson"
+        result = ode_log_likelihood(self.drift_fn(net), x, self.prior_log_prob, math.log(self.config.z_min),
+                                    math.log(self.config.z_max), divergence=estimator, generator=generator,
+                                    rtol=context.rtol, atol=context.atol)
+        return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]

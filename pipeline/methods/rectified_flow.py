@@ -1,0 +1,132 @@
+"""Rectified flow and reflow (Liu, Gong, Liu 2023; methods.md 2.11).
+
+1-rectified flow is flow matching on the straight path X_tau = tau X1 + (1 - tau) X0 with
+sigma_min = 0, regressing the velocity X1 - X0 (unified time t = 1 - tau, so the network learns
+-(X1 - X0); pipeline.methods.flow_matching). It is sampled with Euler at a few steps (1, 2, 5, 10
+by default; one step is one-step generation) and with adaptive RK45.
+
+Reflow (k -> k + 1): draw Z0 ~ N(0, I), solve the k-th flow's ODE accurately (RK45) to get
+Z1 = ODE_k(Z0), keep the coupled pairs (Z0, Z1), and train the next flow on them with the same
+loss and uniform tau, initialised from the k-th flow's weights (Liu et al. 2023, Alg. 1; their code).
+Pairing fresh noise with data points instead would retrain the 1-rectified flow (methods.md 6.9).
+
+Pipeline design of the second round (`rectified_flow_2`):
+- It is not a key of params.yaml's `methods` (every key there gets the generic train stage, which
+  cannot depend on another method's model). It is a derived method (pipeline.methods.DERIVED_METHODS)
+  listed in the top-level params section `reflow`, whose entry `rectified_flow_2` holds ReflowSettings
+  (number of pairs, solver tolerance, training overrides on top of rectified_flow's training
+  settings). Its class, samplers and budgets are rectified_flow's, so both rounds are compared step
+  for step. Keeping the reflow settings out of methods.rectified_flow keeps round one cached when
+  they change; an empty `reflow: {}` removes the stages below.
+- The DVC matrix stage `reflow@rectified_flow_2-<dataset>-<seed>` (pipeline.stages.run_reflow,
+  `pipeline reflow`) depends on models/rectified_flow/<dataset>/seed<k>.pt and params
+  methods.rectified_flow and reflow.rectified_flow_2. It writes the pairs
+  (reflow/rectified_flow_2/<dataset>/seed<k>.npz) and models/rectified_flow_2/<dataset>/seed<k>.pt,
+  trained by the one training loop (pipeline.training.train) from the first round's EMA weights.
+- `sample_reflow` and `evaluate_reflow` run the ordinary `pipeline sample` / `pipeline evaluate`
+  commands with --method rectified_flow_2; the report lists it right after rectified_flow.
+
+Both flows (and OT flow matching) also report, under sampler `ode_rk45`, the straightness
+S = int_0^1 E||(Z1 - Z0) - v(Z_tau, tau)||^2 dtau along their own ODE trajectories and the transport
+cost E||Z1 - Z0||^2 (methods.md 2.11 and 5.5).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import Tensor, nn
+
+from pipeline.config import Strict, TrainOverrides
+from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
+from pipeline.methods.base import EvalContext
+from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
+from pipeline.methods.ot_flow_matching import coupled_regression_loss
+from pipeline.solvers import ode_rk45
+
+
+class ReflowSettings(Strict):
+    """A reflow round: pair generation and training overrides (on top of the source flow's training)."""
+
+    n_pairs: PositiveInt = 20000
+    #: tolerance of the RK45 solve Z1 = ODE_1(Z0); pairs must follow the first flow accurately
+    rtol: float = Field(1e-5, gt=0, lt=1)
+    atol: float = Field(1e-5, gt=0, lt=1)
+    #: noise draws solved at once while generating pairs
+    solve_batch: PositiveInt = 10000
+    train: TrainOverrides = TrainOverrides()
+
+
+class RectifiedFlowConfig(FlowMatchingConfig):
+    #: rectified flow is the straight path without a minimum width (Liu et al. 2023)
+    sigma_min: float = Field(0.0, ge=0, le=0)
+    budgets: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 5, 10], min_length=1)
+
+
+class RectifiedFlow(FlowMatching):
+    Config = RectifiedFlowConfig
+    #: settings of a flow derived from this one by reflow (params.yaml's `reflow` section)
+    ReflowConfig = ReflowSettings
+    samplers = {name: ODE_SAMPLERS[name] for name in ("ode_euler", "ode_rk45")}
+
+    def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
+                      rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:
+        """(Z0, Z1): n prior draws and their images under this flow's ODE, solved by RK45 from t = 1 to 0."""
+        device = _device_of(net)
+        noise, data = [], []
+        for offset in range(0, n, solve_batch):
+            z0 = self.prior_sample(min(solve_batch, n - offset), generator, device)
+            with torch.no_grad():
+                z1 = ode_rk45(self.velocity_fn(net), z0, 1.0, 0.0, rtol=rtol, atol=atol).x
+            noise.append(z0)
+            data.append(z1)
+        return torch.cat(noise), torch.cat(data)
+
+    def pair_loss(self, net: nn.Module, pairs: Tensor, generator: torch.Generator) -> Tensor:
+        """The rectified-flow loss on coupled pairs [B, 2, ...] = (Z0, Z1) (Liu et al. 2023, eq. 1)."""
+        return coupled_regression_loss(self, net, pairs[:, 1], pairs[:, 0], generator)
+
+    def trajectory_metrics(self, net: nn.Module, n: int, generator: torch.Generator,
+                           context: EvalContext) -> list[tuple[str, int, str, float]]:
+        """Straightness and transport cost of the learned flow (methods.md 2.11, 5.5)."""
+        return flow_path_metrics(self, net, n, generator, context)
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    return next(iter(net.parameters()), torch.empty(0)).device
+
+
+def flow_path_metrics(method: AffineMethod, net: nn.Module, n: int, generator: torch.Generator,
+                      context: EvalContext, grid_points: int = 65) -> list[tuple[str, int, str, float]]:
+    """Straightness S(Z) and transport cost E||Z1 - Z0||^2 of a velocity flow, from n noise draws.
+
+    The ODE is solved by RK45 (dense output at `grid_points` uniform times); in native time
+    tau = 1 - t the velocity is minus the unified one, so the integrand is
+    ||(Z1 - Z0) + v_unified(Z_t, t)||^2, integrated by the trapezoid rule (Liu et al. 2023, def. 3.4).
+    Returned as (sampler, nfe, metric, value) rows under sampler `ode_rk45`, nfe being the solver's
+    (the grid_points evaluations of the integrand come on top).
+    """
+    from torchdiffeq import odeint
+
+    device = _device_of(net)
+    velocity = method.velocity_fn(net)
+    calls = 0
+
+    def rhs(t: Tensor, x: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return velocity(x, torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device))
+
+    z0 = method.prior_sample(n, generator, device).double()
+    times = torch.linspace(1.0, 0.0, grid_points, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        trajectory = odeint(rhs, z0, times, rtol=context.rtol, atol=context.atol, method="dopri5")
+        z1 = trajectory[-1]
+        displacement = (z1 - z0).flatten(1)
+        deviation = torch.stack([
+            (displacement + velocity(x, torch.full((n,), float(t), dtype=x.dtype, device=device)).flatten(1))
+            .pow(2).sum(1).mean() for x, t in zip(trajectory, times)])
+    straightness = torch.trapezoid(deviation, dx=1.0 / (grid_points - 1))
+    transport_cost = displacement.pow(2).sum(1).mean()
+    return [("ode_rk45", calls, "straightness", float(straightness)),
+            ("ode_rk45", calls, "transport_cost", float(transport_cost))]
