@@ -19,8 +19,9 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
+from pipeline.methods import DERIVED_METHODS
 from pipeline.io import sha256_bytes
-from pipeline.stages import StageError, loss_file, model_file
+from pipeline.stages import StageError, evaluated_methods, loss_file, model_file
 
 PUBLISH_STAGE = "publish"
 
@@ -96,7 +97,7 @@ def publish(root: Path, params: Params) -> str:
         if figures.exists():
             mlflow.log_artifacts(str(figures), "figures")
         for dataset in params.datasets:
-            for method in params.methods:
+            for method in evaluated_methods(params):
                 for seed in params.seeds:
                     _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id)
         return parent.info.run_id
@@ -109,8 +110,14 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
     run_tags = {**tags, "pipeline_role": "child", "method": method, "dataset": dataset, "seed": str(seed)}
     with mlflow.start_run(run_name=f"{method}-{dataset}-{seed}", nested=True, tags=run_tags,
                           parent_run_id=parent_id):
-        flat = _flatten("", {"method": params.method_config(method).model_dump(),
-                             "train": params.train_settings(method, DATASETS[dataset]).model_dump()}, {})
+        if method in params.reflow:
+            source = DERIVED_METHODS[method]
+            settings = {"reflow": params.reflow[method].model_dump(), "source": source,
+                        "method": params.method_config(source).model_dump()}
+        else:
+            settings = {"method": params.method_config(method).model_dump(),
+                        "train": params.train_settings(method, DATASETS[dataset]).model_dump()}
+        flat = _flatten("", settings, {})
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         model = model_file(root, method, dataset, seed)
         if model.exists():

@@ -26,22 +26,33 @@ def _run(args, cwd):
     return result
 
 
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("repo")
+def _repo_with_profile(root: Path, profile: str) -> Path:
+    """A temporary copy of the repository whose params.yaml is `profiles/<profile>.yaml`, after `dvc repro`."""
     for name in ("pipeline", "profiles"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    shutil.copy(REPO / "profiles" / "smoke.yaml", root / "params.yaml")
+    shutil.copy(REPO / "profiles" / f"{profile}.yaml", root / "params.yaml")
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)
     _run(["dvc", "repro"], root)
     return root
 
 
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    return _repo_with_profile(tmp_path_factory.mktemp("smoke"), "smoke")
+
+
+@pytest.fixture(scope="module")
+def image_repo(tmp_path_factory):
+    return _repo_with_profile(tmp_path_factory.mktemp("smoke_images"), "smoke_images")
+
+
 @pytest.mark.slow
-def test_smoke_pipeline_writes_the_comparison(smoke_repo):
+@pytest.mark.parametrize("repo_fixture", ["smoke_repo", "image_repo"])
+def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
+    smoke_repo = request.getfixturevalue(repo_fixture)
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     results = pd.read_csv(smoke_repo / "reports" / "results.csv")
     assert list(results.columns) == ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
@@ -56,6 +67,8 @@ def test_smoke_pipeline_writes_the_comparison(smoke_repo):
         assert set(params["methods"]) <= set(sub[sub.metric == "fid"].method)
     w2 = results[(results.metric == "w2") & (results.method != "data")]
     assert w2.value.notna().all() and (w2.value > 0).all()
+    for derived in params.get("reflow") or {}:
+        assert derived in set(results.method)
     summary = (smoke_repo / "reports" / "summary.md").read_text()
     assert "ddpm / ancestral_beta" in summary and "flow_matching / ode_heun" in summary
     for figure in ("samples.png", "w2_vs_nfe.png", "loss_curves.png", *(f"samples_{name}.png" for name in images)):
@@ -75,8 +88,8 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     parents = [r for r in runs if r.data.tags.get("pipeline_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("pipeline_role") == "child"]
     assert len(parents) == 1
-    expected = len(params["datasets"]) * len(params["seeds"]) * len(params["methods"])
-    assert len(children) >= expected
+    expected = len(params["datasets"]) * len(params["seeds"]) * (len(params["methods"]) + len(params["reflow"]))
+    assert len(children) == expected
     child = next(r for r in children if r.data.tags["method"] == "flow_matching")
     assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert "git_commit" in child.data.tags and "pipeline_state" in child.data.tags
