@@ -219,9 +219,14 @@ def list_names() -> None:
     typer.echo("data sets:")
     for name, kind in DATASETS.items():
         typer.echo(f"  {name} ({kind})")
-    typer.echo("methods and samplers:")
+    from pipeline.methods import DERIVED_METHODS
+
+    typer.echo("methods and samplers (with each method's default settings):")
     for name, cls in METHODS.items():
-        typer.echo(f"  {name}: {', '.join(cls.samplers)}")
+        method = cls(cls.Config(), (2,))
+        typer.echo(f"  {name}: {', '.join(method.samplers)}")
+    for name, source in DERIVED_METHODS.items():
+        typer.echo(f"  {name}: made from {source} by `reflow` (params.yaml section reflow.{name})")
 
 
 def entry() -> None:
