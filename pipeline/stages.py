@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -294,15 +293,14 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     for sampler, budget in iterator:
         generator = torch.Generator(device=device).manual_seed(
             derive_seed(seed, "sample", method_name, dataset, sampler, budget))
-        chunks, nfe, started = [], 0, time.perf_counter()
+        chunks, nfe = [], 0
         for offset in range(0, n, batch):
             result = method.sample(net, sampler, budget, min(batch, n - offset), generator, device)
             chunks.append(result.x.float().cpu())
             nfe = max(nfe, result.nfe)
         key = run_key(sampler, budget)
         arrays[key] = torch.cat(chunks).numpy()
-        index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe,
-                      "seconds": round(time.perf_counter() - started, 3)})
+        index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     arrays["index"] = np.array(json.dumps(index))
     write_npz(samples_file(root, method_name, dataset, seed), **arrays)
     return samples_file(root, method_name, dataset, seed)
@@ -352,7 +350,6 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
         else:
             _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
             _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
-        _record(table, row["sampler"], row["nfe"], "sample_seconds", row["seconds"])
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
     x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
     if image:

@@ -260,6 +260,7 @@ def test_cifar10_profile_is_valid_and_runs_at_tiny_sizes(tmp_path, monkeypatch):
                                      classifier={"steps": 5, "width": 8, "features": 16})
     tiny["evaluate"].update(ode_rtol=1e-2, ode_atol=1e-2)
     tiny["methods"] = {"flow_matching": {"budgets": [3], "samplers": ["ode_euler"]}}
+    tiny["reflow"] = {}
     params = load_params(_write_params(tmp_path, tiny))
 
     stages.run_prepare(tmp_path, params, "cifar10")
