@@ -175,8 +175,8 @@ def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
              f"## Headline comparison (NFE closest to {params.report.headline_nfe})", "",
              "Each cell: mean (± sd over seeds, or ± standard error for one seed) and, in brackets, the NFE "
              "used. `w2`: exact 2-Wasserstein distance to held-out data (lower is better); `nll`: negative "
-             "log-likelihood in nats per sample on held-out data (ELBO for DDPM's ancestral samplers, "
-             "probability-flow ODE otherwise). Row `data / data` is the floor: W2 between two disjoint "
+             "log-likelihood in nats per sample on held-out data (the variational bound of the reverse chain "
+             "for DDPM's ancestral samplers and `analytic_ddpm`, the probability-flow ODE otherwise). Row `data / data` is the floor: W2 between two disjoint "
              "samples of the data set, and the true NLL where the density is known.", "",
              headline_table(frame, params).to_markdown(), ""]
     lines += image_summary(frame, params)
