@@ -19,6 +19,8 @@ from pipeline.data import DATASETS
 from pipeline.stages import (StageError, baseline_file, evaluated_methods, features_metrics_file, load_samples,
                              loss_file, metrics_file, samples_file)
 
+#: (line style, marker) per method, so that curves stay distinguishable once colours repeat
+LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v"), ("--", "P"), (":", "X"), ("-.", "*")]
 COLUMNS = ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
 #: headline metrics of the summary table, in column order, and whether lower is better
 HEADLINE_METRICS = {"w2": True, "nll": True}
@@ -296,7 +298,8 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
         sub = w2[(w2.dataset == dataset) & (w2.method != "data")]
         for (method, sampler), group in sub.groupby(["method", "sampler"], sort=False):
             curve = group.groupby("nfe").value.mean()
-            ax.plot(curve.index, curve.values, marker="o", ms=3, label=f"{method}/{sampler}")
+            style = LINE_STYLES[evaluated_methods(params).index(method) % len(LINE_STYLES)]
+            ax.plot(curve.index, curve.values, marker=style[1], ls=style[0], ms=3, label=f"{method}/{sampler}")
         floor = w2[(w2.dataset == dataset) & (w2.method == "data")].value
         if len(floor):
             ax.axhline(float(floor.iloc[0]), color="k", ls="--", lw=1, label="data floor")
