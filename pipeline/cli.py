@@ -210,6 +210,31 @@ def publish() -> None:
     _run(action)
 
 
+@app.command("benchmark")
+def benchmark_command(dataset: str = typer.Option("moons", "--dataset", "-d", help="A 2-D data set."),
+                      steps: int = typer.Option(200, help="Training steps to time per method."),
+                      n_samples: int = typer.Option(2000, help="Points drawn per sampler."),
+                      budget: int = typer.Option(100, help="Step budget (the method's closest one is used)."),
+                      out: Optional[Path] = typer.Option(None, help="Also write the rows to this JSON file.")) -> None:
+    """Time training steps and every sampler of every method of params.yaml (not part of `dvc repro`)."""
+    from pipeline.benchmark import benchmark
+    from pipeline.data.toy import TOY_DATASETS
+    from pipeline.io import write_json
+
+    def action(params):
+        if dataset not in TOY_DATASETS:
+            _fail(f"--dataset {dataset!r} is not a 2-D data set ({', '.join(TOY_DATASETS)})", 2)
+        rows = benchmark(params, dataset, steps, n_samples, budget)
+        typer.echo(f"{'method':<18}{'sampler':<24}{'budget':>8}{'nfe':>6}{'train ms/step':>15}{'sample s':>10}")
+        for row in rows:
+            typer.echo(f"{row['method']:<18}{row['sampler']:<24}{str(row['budget']):>8}{row['nfe']:>6}"
+                       f"{row['train_ms_per_step']:>15}{row['sample_seconds']:>10}")
+        if out is not None:
+            write_json(out, rows)
+
+    _run(action)
+
+
 @app.command("list")
 def list_names() -> None:
     """Print the known data sets, methods and samplers."""

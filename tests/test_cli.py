@@ -71,3 +71,15 @@ def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):
 def test_a_missing_data_file_says_what_to_run(tiny_params):
     result = CliRunner().invoke(app, ["--params", str(tiny_params), "train", "-m", "flow_matching", "-d", "moons"])
     assert result.exit_code == 2 and "dvc repro" in result.output
+
+
+def test_benchmark_times_training_and_every_sampler(tiny_params, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "benchmark", "--steps", "5", "--n-samples", "50",
+                                      "--budget", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["sampler"], r["nfe"]) for r in rows] == [("flow_matching", "ode_euler", 4)]
+    assert rows[0]["train_ms_per_step"] > 0 and rows[0]["sample_seconds"] > 0
