@@ -367,10 +367,8 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
             if record.estimator == "ode_hutchinson":
                 _record(table, record.sampler, record.nfe, "nll_probes", 1)
     # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
-    trajectory_metrics = getattr(method, "trajectory_metrics", None)
-    if trajectory_metrics is not None:
-        for sampler, nfe, metric, value in trajectory_metrics(net, n, generator, context):
-            _record(table, sampler, nfe, metric, value)
+    for sampler, nfe, metric, value in method.trajectory_metrics(net, n, generator, context):
+        _record(table, sampler, nfe, metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
 
@@ -454,10 +452,9 @@ def run_baseline(root: Path, params: Params, dataset: str) -> Path:
     _record(table, "data", 0, "w2", float(np.mean(values)))
     _record(table, "data", 0, "w2_sd", float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
     _record(table, "data", 0, "w2_n", n)
-    if dataset == "gaussian_mixture":
-        from pipeline.oracle import oracle_mixture
-
-        nll = -oracle_mixture().log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
+    exact_log_prob = datasets.EXACT_LOG_DENSITIES.get(dataset)
+    if exact_log_prob is not None:
+        nll = -exact_log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
         _record(table, "data", 0, "nll", nll.mean())
         _record(table, "data", 0, "nll_se", nll.std() / math.sqrt(len(nll)))
         _record(table, "data", 0, "nll_n", len(nll))

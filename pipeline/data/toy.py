@@ -59,5 +59,8 @@ TOY_DATASETS = {
     "gaussian_mixture": gaussian_mixture,
 }
 
+#: sets whose density is known in closed form: name -> log p(x) per sample (the NLL floor of the report)
+EXACT_LOG_DENSITIES = {"gaussian_mixture": oracle_mixture().log_prob}
+
 #: sets whose samples are standardized (zero mean, unit variance per axis, from the training split)
 STANDARDIZED = {"moons", "swiss_roll", "eight_gaussians", "checkerboard"}

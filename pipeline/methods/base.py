@@ -125,6 +125,11 @@ class Method(ABC):
         """Likelihoods this method defines (none by default)."""
         return []
 
+    def trajectory_metrics(self, net: nn.Module, n: int, generator: torch.Generator,
+                           context: EvalContext) -> list[tuple[str, int, str, float]]:
+        """(sampler, nfe, metric, value) rows measured along sampling paths, e.g. straightness (none by default)."""
+        return []
+
     def after_training(self, net: nn.Module, train: Tensor, generator: torch.Generator) -> dict:
         """Quantities computed once from the trained network, stored in the model file (none by default)."""
         return {}
