@@ -39,15 +39,18 @@ _MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX
 
 
 def _limit_threads() -> None:
-    """One CPU thread per process unless PIPELINE_NUM_THREADS says otherwise.
+    """Torch's default (one thread per core) unless PIPELINE_NUM_THREADS says otherwise.
 
-    The networks of the 2-D benchmarks are small: on a 2-core machine torch's default of one
-    thread per core made a training step several times slower (18.7 ms against 137 ms measured
-    on this project's CI machine under load), and DVC already runs stages one after another.
+    DVC runs stages one after another, so a stage has the machine to itself: on this project's
+    2-core CI machine, idle, two threads made a sampling step of the 2-D MLP 1.7-1.9x faster and a
+    training step 1.3x faster than one. Under other load (a test suite beside the run) one thread
+    is faster: set PIPELINE_NUM_THREADS=1 there.
     """
-    import torch
+    threads = os.environ.get("PIPELINE_NUM_THREADS")
+    if threads:
+        import torch
 
-    torch.set_num_threads(int(os.environ.get("PIPELINE_NUM_THREADS", "1")))
+        torch.set_num_threads(int(threads))
 
 
 def _fail(message: str, code: int) -> None:
@@ -174,12 +177,21 @@ def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedO
 
 @app.command()
 def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="Method (omit for the data floor)."),
-             dataset: str = DatasetOpt, seed: int = SeedOpt) -> None:
-    """Compute the metrics of one method on one data set, or the data floor without --method."""
-    from pipeline.stages import run_baseline, run_evaluate
+             dataset: str = DatasetOpt, seed: int = SeedOpt,
+             draw: bool = typer.Option(True, "--sample/--reuse-samples",
+                                       help="Draw the samples first, as the DVC stage does, or score the saved ones."),
+             progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
+    """Sample with every sampler and budget of a method and compute its metrics, or the data floor without --method.
+
+    Sampling and scoring share one stage (and one process): a 2-D model samples in seconds, while a
+    process start costs about two, and the default profile runs 60 of them.
+    """
+    from pipeline.stages import run_baseline, run_evaluate, run_sample
 
     def action(params):
         _check_names(params, method, dataset, seed if method else None, derived=True)
+        if method and draw:
+            typer.echo(f"wrote {run_sample(_state['root'], params, method, dataset, seed, progress)}")
         path = run_evaluate(_state["root"], params, method, dataset, seed) if method else \
             run_baseline(_state["root"], params, dataset)
         typer.echo(f"wrote {path}")

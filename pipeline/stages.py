@@ -239,8 +239,8 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     device = resolve_device(params.device)
     method, source_net = load_model(root, params, source, dataset, seed, device)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "reflow", method_name, dataset))
-    noise, coupled = method.coupled_pairs(source_net, reflow.n_pairs, generator, reflow.solve_batch,
-                                          reflow.rtol, reflow.atol)
+    n_pairs, solve_batch = reflow.pair_counts(datasets.DATASETS[dataset])
+    noise, coupled = method.coupled_pairs(source_net, n_pairs, generator, solve_batch, reflow.rtol, reflow.atol)
     pairs_path = reflow_pairs_file(root, method_name, dataset, seed)
     write_npz(pairs_path, noise=noise.float().cpu().numpy(), data=coupled.float().cpu().numpy())
     source_path = model_file(root, source, dataset, seed)

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(1)  # as the CLI does: small networks run faster on one thread of a 2-core machine
+torch.set_num_threads(1)  # small networks run faster on one thread while other work shares the 2 cores
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

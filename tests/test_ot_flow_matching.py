@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
-from pipeline.methods.ot_flow_matching import OTFlowMatching, coupled_regression_loss, ot_permutation
+from pipeline.methods import ot_flow_matching
+from pipeline.methods.ot_flow_matching import (OTFlowMatching, OTFlowMatchingConfig, coupled_regression_loss,
+                                               ot_permutation)
 from pipeline.nets.mlp import MLP
 
 
@@ -49,7 +51,7 @@ def test_coupled_regression_is_flow_matchings_loss():
 
 def test_ot_loss_is_finite_and_pairs_closer_than_independent_noise():
     torch.manual_seed(0)
-    method = OTFlowMatching(FlowMatchingConfig(), (2,))
+    method = OTFlowMatching(OTFlowMatchingConfig(), (2,))
     net = MLP(2, hidden=16, depth=1, time_embedding=8)
     batch = 2.0 * torch.randn(128, 2, generator=torch.Generator().manual_seed(3))
     loss = method.loss(net, batch, torch.Generator().manual_seed(4))
@@ -57,3 +59,21 @@ def test_ot_loss_is_finite_and_pairs_closer_than_independent_noise():
     noise = torch.randn(batch.shape, generator=torch.Generator().manual_seed(5))
     paired = noise[ot_permutation(noise, batch)]
     assert (paired - batch).pow(2).sum() < 0.5 * (noise - batch).pow(2).sum()
+
+
+def test_ot_batch_couples_each_minibatch_by_its_own_plan(monkeypatch):
+    """ot_batch = 32 on a 128-batch: four exact plans, each between a data chunk and its own noise chunk."""
+    seen = {}
+
+    def capture(method, net, x_data, noise, generator):
+        seen["noise"] = noise
+        return noise.pow(2).sum(1)
+
+    monkeypatch.setattr(ot_flow_matching, "coupled_regression_loss", capture)
+    method = OTFlowMatching(OTFlowMatchingConfig(ot_batch=32), (2,))
+    batch = 2.0 * torch.randn(128, 2, generator=torch.Generator().manual_seed(3))
+    method.loss(None, batch, torch.Generator().manual_seed(4))
+    raw = torch.randn(batch.shape, generator=torch.Generator().manual_seed(4))  # the loss's first draw
+    for k in range(4):
+        chunk, data = raw[32 * k:32 * (k + 1)], batch[32 * k:32 * (k + 1)]
+        torch.testing.assert_close(seen["noise"][32 * k:32 * (k + 1)], chunk[ot_permutation(chunk, data)])

@@ -136,3 +136,12 @@ def test_reflow_section_is_validated():
         Params.model_validate({**base, "reflow": {"rectified_flow_3": {}}})
     with pytest.raises(ValueError, match="unknown method"):
         Params.model_validate({"datasets": ["moons"], "methods": {"rectified_flow_2": {}}})
+
+
+def test_reflow_pair_counts_follow_the_data_kind():
+    """Image data sets take reflow.<name>.image's pair counts: every pair is an ODE solve through the U-Net."""
+    from pipeline.methods.rectified_flow import ReflowSettings
+
+    settings = ReflowSettings.model_validate({"n_pairs": 300, "solve_batch": 100, "image": {"n_pairs": 40}})
+    assert settings.pair_counts("toy") == (300, 100)
+    assert settings.pair_counts("image") == (40, 500)

@@ -104,7 +104,8 @@ def trained_root(tmp_path_factory):
         refuse_network(patch, attempts)
         for command in (["prepare", "-d", "moons"], ["train", "-m", "flow_matching", "-d", "moons", "--no-progress"],
                         ["sample", "-m", "flow_matching", "-d", "moons", "--no-progress"],
-                        ["evaluate", "-m", "flow_matching", "-d", "moons"], ["evaluate", "-d", "moons"]):
+                        ["evaluate", "-m", "flow_matching", "-d", "moons", "--reuse-samples"],
+                        ["evaluate", "-d", "moons"]):
             result = invoke(root, *command)
             assert result.exit_code == 0, (command, result.output, result.exception)
     return root, attempts

@@ -144,5 +144,6 @@ class Method(ABC):
 
 def call_network(net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
     """Evaluate net in its own dtype and return the caller's dtype (solvers may work in float64)."""
-    dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else x.dtype
+    first = next(net.parameters(), None)
+    dtype = x.dtype if first is None else first.dtype
     return net(x.to(dtype), t.to(dtype)).to(x.dtype)

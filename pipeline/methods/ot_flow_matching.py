@@ -10,18 +10,25 @@ The regression on the re-paired batch is FlowMatching's, unchanged.
 Tong et al. add a constant jitter sigma_c to the path (x_tau = tau x1 + (1 - tau) x0 + sigma_c eps);
 here the path is flow matching's, with sigma_min playing that role (sigma_min = 0, the default,
 is their sigma_c = 0, i.e. an OT-coupled 1-rectified flow).
+
+`ot_batch` splits a training batch into minibatches of that size, each coupled by its own exact
+plan (Tong et al. solve one plan per training batch; methods.md 2.10 suggests 256-1024 points on
+2-D data). The network simplex grows faster than quadratically: on moons, one 512-point plan took
+31 ms and one 256-point plan 3.6 ms, against ~4 ms for the whole training step.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from pipeline.methods.base import EvalContext
-from pipeline.methods.flow_matching import FlowMatching
+from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.parameterization import from_x0_and_eps
 
 os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
@@ -58,12 +65,21 @@ def coupled_regression_loss(method: FlowMatching, net: nn.Module, x_data: Tensor
     return method.loss_weight(t) * (net(x_t, t) - target).pow(2).flatten(1).mean(1)
 
 
+class OTFlowMatchingConfig(FlowMatchingConfig):
+    #: points per exact OT plan; a training batch is split into minibatches of this size (None: one plan)
+    ot_batch: Optional[PositiveInt] = None
+
+
 class OTFlowMatching(FlowMatching):
     """FlowMatching whose minibatch coupling is the exact OT plan (Tong et al. 2024, Alg. 1 with sigma = sigma_min)."""
 
+    Config = OTFlowMatchingConfig
+
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         noise = torch.randn(batch.shape, generator=generator, device=batch.device)
-        noise = noise[ot_permutation(noise, batch)]
+        size = self.config.ot_batch or batch.shape[0]
+        noise = torch.cat([chunk[ot_permutation(chunk, data)]
+                           for chunk, data in zip(noise.split(size), batch.split(size))])
         return coupled_regression_loss(self, net, batch, noise, generator)
 
     def trajectory_metrics(self, net: nn.Module, n: int, generator: torch.Generator,
