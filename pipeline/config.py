@@ -39,8 +39,8 @@ class TrainSettings(Strict):
     log_every: PositiveInt = 50
 
 
-class TrainOverrides(Strict):
-    """Per-method overrides of the `train` section; unset keys keep the shared value."""
+class KindTrainOverrides(Strict):
+    """Overrides of one kind's `train` settings (`train.toy` or `train.image`); unset keys keep the shared value."""
 
     steps: PositiveInt | None = None
     batch_size: PositiveInt | None = None
@@ -51,6 +51,18 @@ class TrainOverrides(Strict):
     grad_clip: float | None = Field(None, gt=0)
     checkpoint_every: PositiveInt | None = None
     log_every: PositiveInt | None = None
+
+
+class TrainOverrides(KindTrainOverrides):
+    """Per-method overrides of the `train` section, for both kinds of data or, under `toy:` / `image:`, one."""
+
+    toy: KindTrainOverrides = KindTrainOverrides()
+    image: KindTrainOverrides = KindTrainOverrides()
+
+    def for_kind(self, kind: str) -> dict:
+        """The overridden keys for data of this kind; a kind's own value wins over the shared one."""
+        shared = self.model_dump(exclude_none=True, exclude={"toy", "image"})
+        return shared | getattr(self, kind).model_dump(exclude_none=True)
 
 
 class TrainSection(Strict):
@@ -332,8 +344,7 @@ class Params(Strict):
 
     def train_settings(self, method: str, kind: str) -> TrainSettings:
         base = getattr(self.train, kind)
-        overrides = self.methods[method].train.model_dump(exclude_none=True)
-        return base.model_copy(update=overrides)
+        return base.model_copy(update=self.methods[method].train.for_kind(kind))
 
 
 _EXPECTED = {"model_type": "a mapping of keys", "dict_type": "a mapping of keys", "list_type": "a list",

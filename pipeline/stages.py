@@ -246,7 +246,7 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     source_path = model_file(root, source, dataset, seed)
     source_recipe = torch.load(source_path, map_location="cpu", weights_only=False)["recipe"]
     settings = params.train_settings(source, datasets.DATASETS[dataset]).model_copy(
-        update=reflow.train.model_dump(exclude_none=True))
+        update=reflow.train.for_kind(datasets.DATASETS[dataset]))
     recipe = {"method": method_name, "source": source, "dataset": dataset, "seed": seed,
               "method_config": method_section(params, method_name).model_dump(), "reflow": reflow.model_dump(),
               "train": settings.model_dump(), "network": source_recipe["network"],

@@ -253,3 +253,26 @@ def test_random_mutations_never_give_a_traceback(tmp_path, text):
         _assert_one_line_error(result)
     else:
         assert result.stdout.startswith("params OK")
+
+
+def test_method_train_overrides_apply_per_kind_of_data():
+    """methods.<name>.train overrides both kinds; its toy: / image: sub-sections override one, and win."""
+    from pipeline.config import Params
+
+    raw = copy.deepcopy(BASE)
+    raw["methods"]["flow_matching"]["train"] = {"steps": 100, "lr": 0.01, "toy": {"steps": 150},
+                                                "image": {"batch_size": 16}}
+    params = Params.model_validate(raw)
+    toy, image = params.train_settings("flow_matching", "toy"), params.train_settings("flow_matching", "image")
+    assert (toy.steps, toy.lr, toy.batch_size) == (150, 0.01, 256)
+    assert (image.steps, image.lr, image.batch_size) == (100, 0.01, 16)
+    assert params.train_settings("ddpm", "toy").steps == 200
+
+
+def test_unknown_per_kind_train_key_is_one_line(tmp_path):
+    raw = copy.deepcopy(BASE)
+    raw["methods"]["flow_matching"]["train"] = {"toy": {"stepz": 5}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml"), "validate"])
+    assert result.exit_code == 2
+    assert "methods.flow_matching.train.toy.stepz" in result.output and "\n" not in result.output.strip()

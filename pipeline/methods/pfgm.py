@@ -91,11 +91,14 @@ def empirical_field(x: Tensor, z: Tensor, charges: Tensor) -> tuple[Tensor, Tens
 
     x [B, d], z [B], charges [R, d] on the plane z = 0. The weights are a softmax of
     -(d+1)/2 log ||x~ - y~||^2, so they neither underflow nor overflow in any dimension. Distances
-    are exact differences in low dimension (the matrix-product form loses the small ones).
+    are exact differences in low dimension (the matrix-product form loses the small ones), summed
+    coordinate by coordinate: a [B, R, d] difference tensor made the 2-D training step 1.5x slower.
     """
     d = x.shape[1]
     if d <= 16:
-        planar = (x[:, None, :] - charges[None]).pow(2).sum(-1)
+        planar = (x[:, 0, None] - charges[None, :, 0]).square()
+        for k in range(1, d):
+            planar += (x[:, k, None] - charges[None, :, k]).square()
     else:
         planar = torch.cdist(x, charges).pow(2)
     squared = planar + z[:, None].pow(2)
