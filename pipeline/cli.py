@@ -48,6 +48,8 @@ def _limit_threads() -> None:
     """
     threads = os.environ.get("PIPELINE_NUM_THREADS")
     if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            _fail(f"PIPELINE_NUM_THREADS must be a positive integer, got {threads!r}", 2)
         import torch
 
         torch.set_num_threads(int(threads))

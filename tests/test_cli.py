@@ -83,3 +83,11 @@ def test_benchmark_times_training_and_every_sampler(tiny_params, tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["method"], r["sampler"], r["nfe"]) for r in rows] == [("flow_matching", "ode_euler", 4)]
     assert rows[0]["train_ms_per_step"] > 0 and rows[0]["sample_seconds"] > 0
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1"])
+def test_a_bad_thread_count_is_one_line_and_exit_2(tiny_params, monkeypatch, value):
+    monkeypatch.setenv("PIPELINE_NUM_THREADS", value)
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "validate"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "PIPELINE_NUM_THREADS" in result.output
