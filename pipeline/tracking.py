@@ -13,8 +13,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from pipeline.config import Params
@@ -22,6 +22,9 @@ from pipeline.data import DATASETS
 from pipeline.methods import DERIVED_METHODS
 from pipeline.io import sha256_bytes
 from pipeline.stages import StageError, evaluated_methods, loss_file, model_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PUBLISH_STAGE = "publish"
 
@@ -66,6 +69,7 @@ def publish(root: Path, params: Params) -> str:
     """Log the current pipeline state to MLflow; returns the parent run id (existing or new)."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import mlflow
+    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     root = Path(root)
@@ -105,11 +109,15 @@ def publish(root: Path, params: Params) -> str:
 
 def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: str, dataset: str, seed: int,
                    tags: dict, parent_id: str) -> None:
+    import time
+
     import mlflow
+    import pandas as pd
+    from mlflow.entities import Metric
 
     run_tags = {**tags, "pipeline_role": "child", "method": method, "dataset": dataset, "seed": str(seed)}
     with mlflow.start_run(run_name=f"{method}-{dataset}-{seed}", nested=True, tags=run_tags,
-                          parent_run_id=parent_id):
+                          parent_run_id=parent_id) as run:
         if method in params.reflow:
             source = DERIVED_METHODS[method]
             settings = {"reflow": params.reflow[method].model_dump(), "source": source,
@@ -124,12 +132,14 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
             from pipeline.io import sha256_file
 
             mlflow.set_tag("model_sha256", sha256_file(model))
+        # one batched write per run: a metric at a time made publishing ~0.3 s per child run on sqlite
+        now = int(time.time() * 1000)
+        metrics = []
         curve_path = loss_file(root, method, dataset, seed)
         if curve_path.exists():
             curve = pd.read_csv(curve_path)
-            for row in curve.itertuples():
-                mlflow.log_metric("train_loss", float(row.loss), step=int(row.step))
+            metrics += [Metric("train_loss", float(row.loss), now, int(row.step)) for row in curve.itertuples()]
         rows = results[(results.method == method) & (results.dataset == dataset) & (results.seed == seed)]
-        for row in rows.itertuples():
-            if pd.notna(row.value):
-                mlflow.log_metric(f"{row.metric}/{row.sampler}", float(row.value), step=int(row.nfe))
+        metrics += [Metric(f"{row.metric}/{row.sampler}", float(row.value), now, int(row.nfe))
+                    for row in rows.itertuples() if pd.notna(row.value)]
+        mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics)

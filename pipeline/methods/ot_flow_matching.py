@@ -19,7 +19,6 @@ plan (Tong et al. solve one plan per training batch; methods.md 2.10 suggests 25
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
@@ -29,15 +28,13 @@ from torch import Tensor, nn
 
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
+from pipeline.metrics import import_pot
 from pipeline.parameterization import from_x0_and_eps
-
-os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
 
 
 def ot_permutation(noise: Tensor, data: Tensor) -> Tensor:
     """perm such that (noise[perm[j]], data[j]) is the exact squared-Euclidean OT matching of two equal-size batches."""
-    import ot
-
+    ot = import_pot()
     if noise.shape[0] != data.shape[0]:
         raise ValueError(f"OT pairing needs equal batch sizes, got {noise.shape[0]} and {data.shape[0]}")
     n = data.shape[0]

@@ -89,20 +89,25 @@ class PFGMConfig(MethodConfig):
 def empirical_field(x: Tensor, z: Tensor, charges: Tensor) -> tuple[Tensor, Tensor]:
     """(E^_x, E^_z): sum_j w_ij (y~_j - x~_i) with w_ij proportional to ||x~_i - y~_j||^{-(d+1)}, normalized over j.
 
-    x [B, d], z [B], charges [R, d] on the plane z = 0. The weights are a softmax of
-    -(d+1)/2 log ||x~ - y~||^2, so they neither underflow nor overflow in any dimension. Distances
-    are exact differences in low dimension (the matrix-product form loses the small ones), summed
-    coordinate by coordinate: a [B, R, d] difference tensor made the 2-D training step 1.5x slower.
+    x [B, d], z [B], charges [R, d] on the plane z = 0. As in the authors' code, squared distances
+    are divided by their row minimum before the power, so the weights never overflow and the
+    nearest charge has weight 1 before normalization (any dimension; far charges may underflow to 0,
+    which is their weight to float precision). Distances are exact differences in low dimension
+    (the matrix-product form loses the small ones); the power is an integer power of rsqrt, ~5x
+    cheaper than log + softmax on the 512 x 2048 matrix of a 2-D training step.
     """
     d = x.shape[1]
-    if d <= 16:
-        planar = (x[:, 0, None] - charges[None, :, 0]).square()
-        for k in range(1, d):
-            planar += (x[:, k, None] - charges[None, :, k]).square()
-    else:
-        planar = torch.cdist(x, charges).pow(2)
-    squared = planar + z[:, None].pow(2)
-    weights = torch.softmax(-0.5 * (d + 1) * torch.log(squared), dim=1)
+    # in place (one [B, R] buffer) unless autograd needs the intermediates, as the exact-field oracle's divergence does
+    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, z, charges)))
+
+    def step(tensor: Tensor, op: str, *args) -> Tensor:
+        return getattr(tensor, op + "_" if inplace else op)(*args)
+
+    mode = "donot_use_mm_for_euclid_dist" if d <= 16 else "use_mm_for_euclid_dist_if_necessary"
+    squared = step(step(torch.cdist(x, charges, compute_mode=mode), "square"), "add", z[:, None].square())
+    squared = step(squared, "clamp", torch.finfo(squared.dtype).tiny)  # a point on a charge at z = 0 takes all the weight
+    weights = step(step(step(squared, "div", squared.amin(dim=1, keepdim=True)), "rsqrt"), "pow", d + 1)
+    weights = step(weights, "div", weights.sum(dim=1, keepdim=True))
     return weights @ charges - x, -z * weights.sum(1)
 
 
