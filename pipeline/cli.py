@@ -148,6 +148,28 @@ def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOp
     _run(action)
 
 
+@app.command("run")
+def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
+                progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+    """Train one method on one data set, sample with every sampler and budget, and score the samples.
+
+    The DVC stage of a method x data set x seed: the steps of `train` and `evaluate` share one
+    process, since a 2-D model trains and samples in seconds while a process start costs two or
+    three (torch, and torch.optim's import of torch._dynamo). When only sampling or evaluation
+    parameters changed, training resumes from its finished checkpoint and costs nothing.
+    """
+    from pipeline.stages import run_evaluate, run_sample, run_train
+
+    def action(params):
+        _check_names(params, method, dataset, seed)
+        root = _state["root"]
+        typer.echo(f"wrote {run_train(root, params, method, dataset, seed, progress)}")
+        typer.echo(f"wrote {run_sample(root, params, method, dataset, seed, progress)}")
+        typer.echo(f"wrote {run_evaluate(root, params, method, dataset, seed)}")
+
+    _run(action)
+
+
 @app.command()
 def reflow(method: str = typer.Option(..., "--method", "-m", help="Derived method of params.yaml's `reflow`."),
            dataset: str = DatasetOpt, seed: int = SeedOpt,
@@ -183,10 +205,10 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
              draw: bool = typer.Option(True, "--sample/--reuse-samples",
                                        help="Draw the samples first, as the DVC stage does, or score the saved ones."),
              progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
-    """Sample with every sampler and budget of a method and compute its metrics, or the data floor without --method.
+    """Sample with every sampler and budget of a trained method and score the samples, or the data floor without --method.
 
-    Sampling and scoring share one stage (and one process): a 2-D model samples in seconds, while a
-    process start costs about two, and the default profile runs 60 of them.
+    The DVC stage of a reflowed method (`evaluate_reflow`) and of the data floor (`baseline`); a
+    trained method's own stage is `run`, which trains first in the same process.
     """
     from pipeline.stages import run_baseline, run_evaluate, run_sample
 

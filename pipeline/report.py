@@ -43,7 +43,7 @@ def _rows_from_table(table: dict, dataset: str, method: str, seed: int) -> list[
 
 def _read_json(path: Path) -> dict:
     if not path.exists():
-        raise StageError(f"{path} is missing; run `dvc repro` so every evaluate stage has run")
+        raise StageError(f"{path} is missing; run `dvc repro` so every run and evaluate stage has run")
     return json.loads(path.read_text())
 
 

@@ -115,7 +115,7 @@ def run_features(root: Path, params: Params, dataset: str) -> Path:
     """Train the feature classifier of an image data set (pipeline.features) and record its accuracy.
 
     2-D data sets get a marker file and an empty metrics file instead, so that the features stage can
-    run over every data set and the evaluate stages can depend on its output uniformly.
+    run over every data set and the run and evaluate stages can depend on its output uniformly.
     """
     from pipeline.features import CLASSIFIER_FORMAT, classifier_record, train_classifier
 
@@ -187,7 +187,7 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     path = model_file(root, method_name, dataset, seed)
     if not path.exists():
         stage = f"reflow@{method_name}-{dataset}-{seed}" if method_name in DERIVED_METHODS else \
-            f"train@{method_name}-{dataset}-{seed}"
+            f"run@{method_name}-{dataset}-{seed}"
         raise StageError(f"{path} is missing; run `dvc repro {stage}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)

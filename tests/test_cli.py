@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["validate", "prepare", "train", "sample", "evaluate", "report", "publish", "list"]
+COMMANDS = ["validate", "prepare", "train", "sample", "evaluate", "run", "report", "publish", "list"]
 
 
 @pytest.fixture()
@@ -60,6 +60,34 @@ def test_stage_commands_write_their_outputs(tiny_params):
     assert (root / "reports" / "figures" / "samples.png").exists()
     header = (root / "reports" / "results.csv").read_text().splitlines()[0]
     assert header == "dataset,method,sampler,nfe,seed,metric,value"
+
+
+def test_the_run_stage_trains_samples_and_scores_and_reuses_a_finished_training(tiny_params):
+    """`pipeline run` (the DVC stage) writes model, samples and metrics; when only an evaluation parameter
+    changed, DVC re-runs it and the training resumes from its finished checkpoint: same model bytes, no retraining."""
+    runner = CliRunner()
+    root = tiny_params.parent
+    args = ["--params", str(tiny_params)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    run = [*args, "run", "-m", "flow_matching", "-d", "moons", "--no-progress"]
+    result = runner.invoke(app, run)
+    assert result.exit_code == 0, result.output
+    model = root / "models" / "flow_matching" / "moons" / "seed0.pt"
+    metrics = root / "metrics" / "flow_matching" / "moons" / "seed0.json"
+    assert model.exists() and metrics.exists()
+    assert (root / "samples" / "flow_matching" / "moons" / "seed0.npz").exists()
+    checkpoint, = (root / "checkpoints" / "flow_matching" / "moons").iterdir()
+    first_model, first_checkpoint = model.read_bytes(), checkpoint.stat().st_mtime_ns
+    first_w2 = metrics.read_text()
+    params = yaml.safe_load(tiny_params.read_text())
+    params["evaluate"]["w2_points"] = params["evaluate"]["w2_points"] // 2
+    tiny_params.write_text(yaml.safe_dump(params))
+    model.unlink()  # as DVC removes a stage's outputs before it re-runs
+    result = runner.invoke(app, run)
+    assert result.exit_code == 0, result.output
+    assert model.read_bytes() == first_model
+    assert checkpoint.stat().st_mtime_ns == first_checkpoint, "a finished training must not be redone"
+    assert metrics.read_text() != first_w2
 
 
 def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):

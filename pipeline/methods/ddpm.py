@@ -130,8 +130,8 @@ class DDPM(AffineMethod):
     def analytic_variance(self, r: int, s: int, lambda_sq: float) -> float:
         """Analytic-DPM's sigma*^2 of the step r -> s for the generalized posterior with variance lambda^2."""
         if self.analytic is None:
-            raise RuntimeError("Analytic-DPM needs the per-step E||eps||^2/d that the train stage computes after "
-                               "training (DDPM.after_training); retrain the model (`dvc repro train@...`)")
+            raise RuntimeError("Analytic-DPM needs the per-step E||eps||^2/d that the run stage computes after "
+                               "training (DDPM.after_training); retrain the model (`dvc repro run@...`)")
         return self.analytic.variance(self.alpha_bars, r, s, lambda_sq)
 
     # ---------------------------------------------------------------- reverse chains

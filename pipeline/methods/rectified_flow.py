@@ -11,7 +11,7 @@ loss and uniform tau, initialised from the k-th flow's weights (Liu et al. 2023,
 Pairing fresh noise with data points instead would retrain the 1-rectified flow (methods.md 6.9).
 
 Pipeline design of the second round (`rectified_flow_2`):
-- It is not a key of params.yaml's `methods` (every key there gets the generic train stage, which
+- It is not a key of params.yaml's `methods` (every key there gets the generic run stage, which
   cannot depend on another method's model). It is a derived method (pipeline.methods.DERIVED_METHODS)
   listed in the top-level params section `reflow`, whose entry `rectified_flow_2` holds ReflowSettings
   (number of pairs, solver tolerance, training overrides on top of rectified_flow's training
