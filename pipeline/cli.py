@@ -113,12 +113,20 @@ def validate() -> None:
 
 @app.command()
 def prepare(dataset: str = DatasetOpt) -> None:
-    """Write data/<dataset>.npz (train, test and reference splits)."""
-    from pipeline.stages import run_prepare
+    """Write a data set and what its evaluation compares against: the splits (data/<dataset>.npz), the
+    FID feature classifier of an image set (a marker for a 2-D set) and the data floor (metrics/data/).
+
+    The DVC stage of a data set. Every later stage depends on `evaluate` anyway, so the three steps
+    share one process; `features` and `evaluate --dataset` run the last two alone.
+    """
+    from pipeline.stages import run_baseline, run_features, run_prepare
 
     def action(params):
         _check_names(params, dataset=dataset)
-        typer.echo(f"wrote {run_prepare(_state['root'], params, dataset)}")
+        root = _state["root"]
+        typer.echo(f"wrote {run_prepare(root, params, dataset)}")
+        typer.echo(f"wrote {run_features(root, params, dataset)}")
+        typer.echo(f"wrote {run_baseline(root, params, dataset)}")
 
     _run(action)
 
@@ -151,19 +159,21 @@ def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOp
 @app.command("run")
 def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOpt,
                 progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
-    """Train one method on one data set, sample with every sampler and budget, and score the samples.
+    """Train one method on one data set (a method of `reflow`: make it by reflow), sample with every
+    sampler and budget, and score the samples.
 
-    The DVC stage of a method x data set x seed: the steps of `train` and `evaluate` share one
-    process, since a 2-D model trains and samples in seconds while a process start costs two or
-    three (torch, and torch.optim's import of torch._dynamo). When only sampling or evaluation
+    The DVC stage of a method x data set x seed: the steps of `train` (or `reflow`) and `evaluate`
+    share one process, since a 2-D model trains and samples in seconds while a process start costs
+    two or three (torch, and torch.optim's import of torch._dynamo). When only sampling or evaluation
     parameters changed, training resumes from its finished checkpoint and costs nothing.
     """
-    from pipeline.stages import run_evaluate, run_sample, run_train
+    from pipeline.stages import run_evaluate, run_reflow, run_sample, run_train
 
     def action(params):
-        _check_names(params, method, dataset, seed)
+        _check_names(params, method, dataset, seed, derived=True)
         root = _state["root"]
-        typer.echo(f"wrote {run_train(root, params, method, dataset, seed, progress)}")
+        make = run_reflow if method in params.reflow else run_train
+        typer.echo(f"wrote {make(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_sample(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_evaluate(root, params, method, dataset, seed)}")
 
@@ -207,8 +217,7 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
              progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
     """Sample with every sampler and budget of a trained method and score the samples, or the data floor without --method.
 
-    The DVC stage of a reflowed method (`evaluate_reflow`) and of the data floor (`baseline`); a
-    trained method's own stage is `run`, which trains first in the same process.
+    The DVC stages `run` and `prepare` take these steps after training and after the data set.
     """
     from pipeline.stages import run_baseline, run_evaluate, run_sample
 

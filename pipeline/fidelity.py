@@ -52,7 +52,7 @@ def resolve_extractor(settings, classifier_path: Path, root: Path = Path(".")) -
                                 f"evaluate.image.extractor: classifier")
         return Extractor(INCEPTION_EXTRACTOR, path, "InceptionV3 (torch-fidelity, pool3)")
     if not Path(classifier_path).is_file():
-        raise FidelityError(f"{classifier_path} is missing; run the features stage first (`dvc repro features`)")
+        raise FidelityError(f"{classifier_path} is missing; the prepare stage writes it (`dvc repro prepare`)")
     return Extractor(CLASSIFIER_EXTRACTOR, Path(classifier_path), "feature classifier")
 
 

@@ -114,8 +114,8 @@ def features_metrics_file(root: Path, dataset: str) -> Path:
 def run_features(root: Path, params: Params, dataset: str) -> Path:
     """Train the feature classifier of an image data set (pipeline.features) and record its accuracy.
 
-    2-D data sets get a marker file and an empty metrics file instead, so that the features stage can
-    run over every data set and the run and evaluate stages can depend on its output uniformly.
+    2-D data sets get a marker file and an empty metrics file instead, so that this step can run over
+    every data set and the run stages can depend on its output uniformly.
     """
     from pipeline.features import CLASSIFIER_FORMAT, classifier_record, train_classifier
 
@@ -186,8 +186,7 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     """Rebuild the method and its EMA network; refuse a model made by other parameters."""
     path = model_file(root, method_name, dataset, seed)
     if not path.exists():
-        stage = f"reflow@{method_name}-{dataset}-{seed}" if method_name in DERIVED_METHODS else \
-            f"run@{method_name}-{dataset}-{seed}"
+        stage = f"{'reflow' if method_name in DERIVED_METHODS else 'run'}@{method_name}-{dataset}-{seed}"
         raise StageError(f"{path} is missing; run `dvc repro {stage}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)

@@ -77,7 +77,7 @@ def test_inception_needs_its_weights_file_and_never_falls_back(tmp_path):
     extractor = resolve_extractor(settings, tmp_path / "features.pt", tmp_path)
     assert extractor.name == INCEPTION_EXTRACTOR and extractor.weights_path == tmp_path / "weights" / "inception.pth"
     assert PixelImages(np.zeros((2, 1, 8, 8), np.uint8), rgb=extractor.needs_rgb)[0].shape == (3, 8, 8)
-    with pytest.raises(FidelityError, match="features stage"):
+    with pytest.raises(FidelityError, match="prepare stage"):
         resolve_extractor(ImageEvaluateSettings(), tmp_path / "features.pt", tmp_path)
 
 

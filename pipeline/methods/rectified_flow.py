@@ -18,13 +18,12 @@ Pipeline design of the second round (`rectified_flow_2`):
   settings). Its class, samplers and budgets are rectified_flow's, so both rounds are compared step
   for step. Keeping the reflow settings out of methods.rectified_flow keeps round one cached when
   they change; an empty `reflow: {}` removes the stages below.
-- The DVC matrix stage `reflow@rectified_flow_2-<dataset>-<seed>` (pipeline.stages.run_reflow,
-  `pipeline reflow`) depends on models/rectified_flow/<dataset>/seed<k>.pt and params
-  methods.rectified_flow and reflow.rectified_flow_2. It writes the pairs
+- The DVC matrix stage `reflow@rectified_flow_2-<dataset>-<seed>` (`pipeline run`, which calls
+  pipeline.stages.run_reflow for a derived method) depends on models/rectified_flow/<dataset>/seed<k>.pt
+  and params methods.rectified_flow and reflow.rectified_flow_2. It writes the pairs
   (reflow/rectified_flow_2/<dataset>/seed<k>.npz) and models/rectified_flow_2/<dataset>/seed<k>.pt,
-  trained by the one training loop (pipeline.training.train) from the first round's EMA weights.
-- `evaluate_reflow` runs the ordinary `pipeline evaluate` (sample, then score) with
-  --method rectified_flow_2; the report lists it right after rectified_flow.
+  trained by the one training loop (pipeline.training.train) from the first round's EMA weights,
+  then samples and scores them as any method; the report lists it right after rectified_flow.
 
 Both flows (and OT flow matching) also report, under sampler `ode_rk45`, the straightness
 S = int_0^1 E||(Z1 - Z0) - v(Z_tau, tau)||^2 dtau along their own ODE trajectories and the transport
