@@ -44,6 +44,9 @@ def test_stage_commands_write_their_outputs(tiny_params):
     root = tiny_params.parent
     args = ["--params", str(tiny_params)]
     assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    for written in ("data/moons.npz", "models/features/moons.pt", "metrics/features/moons.json",
+                    "metrics/data/moons.json"):  # the prepare stage: splits, feature marker, data floor
+        assert (root / written).exists(), written
     with np.load(root / "data" / "moons.npz") as archive:
         assert archive["train"].shape[1] == 2 and abs(archive["train"].mean()) < 0.05
     first = (root / "data" / "moons.npz").read_bytes()
