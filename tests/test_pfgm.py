@@ -55,13 +55,36 @@ def test_empirical_field_is_the_normalized_coulomb_field(d):
 
 
 def test_empirical_field_does_not_underflow_in_image_dimension():
-    """||x~ - y~||^{-(d+1)} underflows at d = 3072; the log-space weights still single out the nearest charge."""
+    """||x~ - y~||^{-(d+1)} underflows at d = 3072; ratios to the row minimum still single out the nearest charge."""
     generator = torch.Generator().manual_seed(0)
     charges = torch.randn(8, 3072, generator=generator)
     x = charges[3:4] + 0.3 * torch.randn(1, 3072, generator=generator)
     field_x, field_z = empirical_field(x, torch.tensor([0.5]), charges)
     assert torch.isfinite(field_x).all()
     torch.testing.assert_close(field_x, charges[3:4] - x)
+
+
+def test_a_point_on_a_charge_at_zero_height_takes_that_charge():
+    charges = torch.tensor([[0.0, 0.0], [1.0, 2.0], [-1.5, 0.5]])
+    field_x, field_z = empirical_field(charges[1:2].clone(), torch.zeros(1), charges)
+    assert torch.isfinite(field_x).all() and torch.isfinite(field_z).all()
+    torch.testing.assert_close(field_x, torch.zeros(1, 2))
+
+
+def test_the_in_place_field_equals_the_differentiable_one():
+    """Training targets are computed in place under no_grad; the oracle's divergence needs autograd."""
+    generator = torch.Generator().manual_seed(2)
+    charges = torch.randn(40, 2, generator=generator)
+    x = 3 * torch.randn(30, 2, generator=generator)
+    z = torch.rand(30, generator=generator) + 1e-3
+    with torch.no_grad():
+        in_place = empirical_field(x, z, charges)
+    x_tracked = x.clone().requires_grad_(True)
+    tracked = empirical_field(x_tracked, z, charges)
+    for a, b in zip(in_place, tracked):
+        torch.testing.assert_close(a, b.detach())
+    (grad,) = torch.autograd.grad(tracked[0].sum(), x_tracked)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_exact_z_component_recovers_the_target():

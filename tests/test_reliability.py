@@ -455,3 +455,22 @@ def test_unreachable_tracking_server_is_one_line(trained_root, tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     line = one_line_error(invoke(root, "publish"))
     assert f"cannot reach the MLflow tracking store http://127.0.0.1:{port}" in line and "MLFLOW_TRACKING_URI" in line
+
+
+def test_pot_loads_without_its_optional_extras_and_leaves_them_importable():
+    """pipeline.metrics.import_pot hides scikit-learn / networkx while POT loads (a fresh interpreter, as a
+    stage is), then removes the hiding: POT's exact OT still works and scikit-learn still imports."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from pipeline.metrics import import_pot, w2_exact
+        ot = import_pot()
+        assert "sklearn" not in sys.modules and "networkx" not in sys.modules
+        assert sys.modules.get("sklearn", "absent") == "absent"
+        x = np.array([[0.0, 0.0], [1.0, 0.0]])
+        assert abs(w2_exact(x, x + [0.0, 2.0]) - 2.0) < 1e-12
+        import sklearn.cluster
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -93,8 +93,8 @@ def empirical_field(x: Tensor, z: Tensor, charges: Tensor) -> tuple[Tensor, Tens
     are divided by their row minimum before the power, so the weights never overflow and the
     nearest charge has weight 1 before normalization (any dimension; far charges may underflow to 0,
     which is their weight to float precision). Distances are exact differences in low dimension
-    (the matrix-product form loses the small ones); the power is an integer power of rsqrt, ~5x
-    cheaper than log + softmax on the 512 x 2048 matrix of a 2-D training step.
+    (the matrix-product form loses the small ones); the power is an integer power of rsqrt: 1.9-2.3 ms
+    against 6.4-10.8 ms for log + softmax on the 512 x 2048 matrix of a 2-D training step (2 cores).
     """
     d = x.shape[1]
     # in place (one [B, R] buffer) unless autograd needs the intermediates, as the exact-field oracle's divergence does
