@@ -16,7 +16,6 @@ import torch
 from pipeline.config import Params
 from pipeline.data.toy import TOY_DATASETS
 from pipeline.methods import build_method
-from pipeline.nets import build_network
 from pipeline.stages import resolve_device
 from pipeline.training import train
 
@@ -32,7 +31,7 @@ def benchmark(params: Params, dataset: str = "moons", steps: int = 200, n_sample
     for name, config in params.methods.items():
         method = build_method(name, config, (2,))
         torch.manual_seed(0)
-        net = build_network((2,), params.network, extra_outputs=method.extra_outputs)
+        net = method.make_network(params.network)
         settings = params.train_settings(name, "toy").model_copy(update={"steps": steps, "checkpoint_every": steps})
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()

@@ -74,6 +74,9 @@ class MLPSettings(Strict):
     hidden: PositiveInt = 256
     depth: PositiveInt = 3
     time_embedding: PositiveInt = 64
+    #: data standard deviation the affine methods' preconditioning assumes (pipeline.parameterization);
+    #: the 2-D sets are standardized to 1
+    sigma_data: float = Field(1.0, gt=0)
 
 
 class UNetSettings(Strict):
@@ -88,6 +91,8 @@ class UNetSettings(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     #: GroupNorm groups (the largest divisor of each width up to this number)
     norm_groups: PositiveInt = 8
+    #: data standard deviation the affine methods' preconditioning assumes: EDM's 0.5 for images in [-1, 1]
+    sigma_data: float = Field(0.5, gt=0)
 
 
 class NetworkSection(Strict):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from pipeline import rng
 from pipeline.nets.unet import group_norm
 
 CLASSIFIER_FORMAT = 1
@@ -72,8 +73,7 @@ def train_classifier(train: Tensor, train_labels: Tensor, test: Tensor, test_lab
     train, train_labels = train.to(device), train_labels.to(device)
     classifier.train()
     for _ in range(settings.steps):
-        index = torch.randint(0, len(train), (min(settings.batch_size, len(train)),), generator=generator)
-        index = index.to(device)
+        index = rng.integers(0, len(train), (min(settings.batch_size, len(train)),), generator, "cpu").to(device)
         loss = F.cross_entropy(classifier(train[index])[1], train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

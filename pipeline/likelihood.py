@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from pipeline import rng
 from pipeline.solvers import VelocityFn
 
 
@@ -51,7 +52,7 @@ def ode_log_likelihood(velocity_fn: VelocityFn, x: Tensor, prior_log_prob: Calla
     x = x.double()
     probe = None
     if divergence == "hutchinson":
-        probe = torch.randint(0, 2, x.shape, generator=generator, dtype=torch.int64).to(x) * 2 - 1
+        probe = rng.rademacher_like(x, generator)
     elif divergence != "exact":
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', not {divergence!r}")
     calls = 0

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from pipeline import rng
 from pipeline.parameterization import Prediction, from_x0_and_eps
 from pipeline.paths import AffinePath
 
@@ -28,9 +29,9 @@ class GaussianMixture:
         self.dim = self.means.shape[1]
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        component = rng.categorical(self.weights, n, generator)
         chol = torch.linalg.cholesky(self.covariances)[component]
-        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        z = rng.normal((n, self.dim), generator, self.means.device, torch.float64)
         return self.means[component] + (chol @ z.unsqueeze(-1)).squeeze(-1)
 
     def _marginal(self, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:

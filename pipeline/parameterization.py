@@ -5,13 +5,18 @@ At a point (x_t, t) with x_t = alpha_t x + sigma_t eps, the posterior means sati
     score = -eps / sigma_t  (Tweedie),             velocity = alpha'_t x0 + sigma'_t eps.
 The velocity is dx_t/dt in unified time (t = 0 data); it is the probability-flow ODE drift
 f(t) x - 1/2 g(t)^2 score. This is the only module that branches on the prediction type.
+
+It also holds the networks' preconditioning (`Preconditioned`): every prediction target is linear in
+(x0, eps), so its best linear estimate from x_t is known in closed form, and the network only learns
+the rest (Karras et al. 2022, EDM, sec. 5 and app. B.6, generalized to any affine path and target).
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from pipeline.paths import Coefficients
 
@@ -86,3 +91,41 @@ def from_x0_and_eps(x0: Tensor, eps: Tensor, prediction: Prediction, c: Coeffici
     if prediction is Prediction.VELOCITY:
         return c.d_alpha * x0 + c.d_sigma * eps
     raise ValueError(f"unknown prediction {prediction!r}")
+
+
+def preconditioning(prediction: Prediction, c: Coefficients, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in) of the output c_skip x_t + c_out F(c_in x_t, t) (Karras et al. 2022, eq. 7).
+
+    With the target A x0 + B eps (from_x0_and_eps is linear in both) and data of variance sigma_data^2 per
+    coordinate, x_t has variance D = alpha^2 sigma_data^2 + sigma^2; c_in = 1/sqrt(D) gives F a unit-variance
+    input, c_skip = (A alpha sigma_data^2 + B sigma)/D is the least-squares linear estimate of the target from
+    x_t, and c_out the standard deviation of what it leaves, (A - c_skip alpha)^2 sigma_data^2 + (B - c_skip sigma)^2,
+    so F's target has unit variance. For x0-prediction on the VE path these are EDM's c_skip, c_out, c_in.
+    The linear part lets the output grow with |x_t| wherever the target does (an eps-network at t near 1
+    must return about x_t), which a network ending in a normalization layer cannot.
+    """
+    a = from_x0_and_eps(torch.ones_like(c.alpha), torch.zeros_like(c.alpha), prediction, c)
+    b = from_x0_and_eps(torch.zeros_like(c.alpha), torch.ones_like(c.alpha), prediction, c)
+    variance = c.alpha**2 * sigma_data**2 + c.sigma**2
+    c_skip = (a * c.alpha * sigma_data**2 + b * c.sigma) / variance
+    c_out = ((a - c_skip * c.alpha) ** 2 * sigma_data**2 + (b - c_skip * c.sigma) ** 2).sqrt()
+    return c_skip, c_out, variance.rsqrt()
+
+
+class Preconditioned(nn.Module):
+    """A raw network F behind the preconditioning of an affine path: forward(x_t, t) estimates the target.
+
+    Checkpoints hold F's weights under `inner.`; the path and prediction type come from the method.
+    """
+
+    def __init__(self, inner: nn.Module, path, prediction: Prediction, sigma_data: float):
+        super().__init__()
+        self.inner = inner
+        self.path = path
+        self.prediction = prediction
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        c = self.path(t).broadcast_to(x)
+        c_skip, c_out, c_in = preconditioning(self.prediction, c, self.sigma_data)
+        return c_skip * x + c_out * self.inner(c_in * x, t)

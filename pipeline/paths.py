@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline import rng
+
 
 @dataclass(frozen=True)
 class Coefficients:
@@ -66,7 +68,7 @@ class AffinePath(ABC):
         return c.alpha * x_data + c.sigma * noise
 
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator, device="cpu") -> Tensor:
-        return self.prior_std * torch.randn(shape, generator=generator, device=device)
+        return self.prior_std * rng.normal(shape, generator, device)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """log N(x; 0, prior_std^2 I), summed over all but the batch dimension."""
@@ -87,19 +89,27 @@ class DiscreteLinearBetaPath(AffinePath):
         self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
         log_alpha_bar = torch.cumsum(torch.log1p(-self.betas), 0)
         self.log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), log_alpha_bar])
+        self._tables: dict[torch.device, Tensor] = {self.log_alpha_bar.device: self.log_alpha_bar}
 
     def alpha_bar(self, index: Tensor) -> Tensor:
         """alpha_bar at integer steps (0 gives 1), float64."""
         return self.log_alpha_bar[index.long()].exp()
 
+    def _table(self, device: torch.device) -> Tensor:
+        """log alpha_bar on the device of the times (copied once per device, no host sync per call)."""
+        if device not in self._tables:
+            self._tables[device] = self.log_alpha_bar.to(device)
+        return self._tables[device]
+
     def __call__(self, t: Tensor) -> Coefficients:
         t = torch.as_tensor(t)
         dtype = t.dtype if t.is_floating_point() else torch.float32
-        s = (t.double().clamp(0, 1) * self.num_steps).cpu()
+        table = self._table(t.device)
+        s = t.double().clamp(0, 1) * self.num_steps
         lower = s.floor().clamp(max=self.num_steps - 1).long()
         frac = s - lower
-        slope = (self.log_alpha_bar[lower + 1] - self.log_alpha_bar[lower]) * self.num_steps
-        log_ab = self.log_alpha_bar[lower] + frac * slope / self.num_steps
+        slope = (table[lower + 1] - table[lower]) * self.num_steps
+        log_ab = table[lower] + frac * slope / self.num_steps
         alpha_bar = log_ab.exp()
         alpha = alpha_bar.sqrt()
         sigma = (-torch.expm1(log_ab)).clamp_min(0).sqrt()

@@ -139,6 +139,19 @@ def extractor_label(frame: pd.DataFrame, params: Params, dataset: str) -> str:
             f"features{known}; comparable only within this data set, not with Inception FIDs)")
 
 
+def clipping_note(frame: pd.DataFrame, dataset: str) -> str:
+    """Which methods' numbers on a data set were made with x0_hat clipped to [-1, 1] (their `clip_x0` rows)."""
+    rows = frame[(frame.dataset == dataset) & (frame.metric == "clip_x0")]
+    clipped = sorted(set(rows[rows.value == 1].method))
+    unclipped = sorted(set(rows[rows.value == 0].method))
+    note = ""
+    if clipped:
+        note += f" x0_hat clipped to [-1, 1] as in the papers' code (`clip_x0` = 1 in results.csv): {', '.join(clipped)}."
+    if unclipped:
+        note += f" Not clipped (`clip_x0` = 0): {', '.join(unclipped)}."
+    return note
+
+
 def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
     """The image section: extractor and floor per data set, headline metrics, FID against NFE."""
     images = [d for d in params.datasets if DATASETS[d] == "image"]
@@ -157,7 +170,8 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
     for dataset in images:
         n = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid_n")].value
         size = f"n = {int(n.iloc[0])} images per set; " if len(n) else ""
-        lines += [f"- **{dataset}**: {size}FID, KID, precision and recall on {extractor_label(frame, params, dataset)}."]
+        lines += [f"- **{dataset}**: {size}FID, KID, precision and recall on {extractor_label(frame, params, dataset)}."
+                  + clipping_note(frame, dataset)]
     lines += ["", headline_table(frame, params, IMAGE_HEADLINE_METRICS, kind="image").to_markdown(), ""]
     for dataset in images:
         table = budget_table(frame, dataset, "fid")

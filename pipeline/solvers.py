@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from pipeline import rng
+
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -89,19 +91,14 @@ def sde_euler_maruyama(drift_fn: VelocityFn, diffusion_fn: Callable[[Tensor], Te
         x = x + h * fn(x, tt)
         if final_noise or k < len(steps) - 1:
             g = diffusion_fn(tt).reshape(-1, *([1] * (x.ndim - 1)))
-            x = x + g * abs(float(h)) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                                                            device=x.device)
+            x = x + g * abs(float(h)) ** 0.5 * rng.normal_like(x, generator)
     return SolverResult(x, fn.calls)
-
-
-def _normal(x: Tensor, generator: torch.Generator) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def langevin_step(score: Tensor, x: Tensor, snr: float, scale: float, generator: torch.Generator) -> Tensor:
     """One Langevin MCMC step x + eps s + sqrt(2 eps) z whose size follows the signal-to-noise rule
     eps = 2 scale (snr ||z|| / ||s||)^2, norms averaged over the batch (Song et al. 2021, Alg. 4-5)."""
-    z = _normal(x, generator)
+    z = rng.normal_like(x, generator)
     score_norm = score.flatten(1).norm(dim=1).mean()
     noise_norm = z.flatten(1).norm(dim=1).mean()
     step = 2.0 * scale * (snr * noise_norm / score_norm.clamp_min(1e-12)) ** 2
@@ -126,7 +123,7 @@ def predictor_corrector(score_fn: VelocityFn, transition_fn: Callable[[float, fl
         a, g_squared = transition_fn(t, t_next)
         for _ in range(corrector_steps):
             x = langevin_step(fn(x, tt), x, snr, a**2, generator)
-        x = (2.0 - a) * x + g_squared * fn(x, tt) + g_squared**0.5 * _normal(x, generator)
+        x = (2.0 - a) * x + g_squared * fn(x, tt) + g_squared**0.5 * rng.normal_like(x, generator)
     return SolverResult(x, fn.calls)
 
 
@@ -139,7 +136,7 @@ def annealed_langevin(score_fn: VelocityFn, x: Tensor, level_times: Tensor, step
     for t, eta in zip(level_times.tolist(), step_sizes.tolist()):
         tt = _time(t, x)
         for _ in range(steps_per_level):
-            x = x + eta * fn(x, tt) + (2.0 * eta) ** 0.5 * _normal(x, generator)
+            x = x + eta * fn(x, tt) + (2.0 * eta) ** 0.5 * rng.normal_like(x, generator)
     return SolverResult(x, fn.calls)
 
 

@@ -29,10 +29,9 @@ from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write
 from pipeline.methods import DERIVED_METHODS, build_method
 from pipeline.methods.base import EvalContext, Method
 from pipeline.metrics import w2_exact
-from pipeline.nets import build_network
 from pipeline.training import CheckpointError, train
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: affine methods' networks are preconditioned (weights under `inner.`)
 
 
 class StageError(Exception):
@@ -144,10 +143,6 @@ def run_features(root: Path, params: Params, dataset: str) -> Path:
 # ---------------------------------------------------------------- train
 
 
-def _network_for(method: Method, params: Params):
-    return build_network(method.data_shape, params.network, extra_outputs=method.extra_outputs)
-
-
 def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: int,
               progress: bool = True) -> Path:
     data = datasets.load(data_file(root, dataset))
@@ -161,7 +156,7 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     device = resolve_device(params.device)
     stage_seed = derive_seed(seed, "train", method_name, dataset)
     torch.manual_seed(stage_seed)
-    net = _network_for(method, params)  # initialisation drawn from the stage's seed
+    net = method.make_network(params.network)  # initialisation drawn from the stage's seed
     train_data = method.training_data(torch.from_numpy(data.train))
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
     try:
@@ -204,7 +199,7 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
         raise StageError(f"{path} was made with other settings than params.yaml's reflow.{method_name}; "
                          f"run `dvc repro` to remake it")
     method = build_method(method_name, config, tuple(saved["data_shape"]))
-    net = build_network(method.data_shape, _network_from_dict(recipe["network"]), method.extra_outputs)
+    net = method.make_network(_network_from_dict(recipe["network"]))
     net.load_state_dict(saved["state_dict"])
     net.to(device).eval()
     method.load_extras(saved.get("extras", {}))
@@ -368,6 +363,11 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
     for sampler, nfe, metric, value in method.trajectory_metrics(net, n, generator, context):
         _record(table, sampler, nfe, metric, value)
+    # the settings each number was made with (e.g. DDPM's x0 clipping on images), beside every number
+    for sampler, by_nfe in table.items():
+        for nfe in by_nfe:
+            for metric, value in method.protocol(sampler).items():
+                _record(table, sampler, int(nfe), metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from pipeline import rng
 from pipeline.config import TrainSettings
 from pipeline.io import save_torch, sha256_bytes
 
@@ -144,7 +145,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         lr = learning_rate(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = torch.randint(0, n, (min(settings.batch_size, n),), generator=generator, device=device)
+        index = rng.integers(0, n, (min(settings.batch_size, n),), generator, device)
         loss = loss_fn(net, data[index], generator).mean()
         if not torch.isfinite(loss):
             raise diverged("loss", step)

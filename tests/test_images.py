@@ -219,6 +219,7 @@ def test_every_stage_runs_on_digits_with_a_tiny_unet(tmp_path):
     assert "fid" in ddpm["ancestral_beta"]["5"] and "fid" not in ddpm["ancestral_beta"]["50"]  # max_budget
     for budget in ("5", "50"):  # the discrete-decoder ELBO: a bound on an 8-bit NLL, never below 0 bits
         assert ddpm["ancestral_beta"][budget]["nll_bpd"] > 0
+        assert ddpm["ancestral_beta"][budget]["clip_x0"] == 1  # the papers' x0 clipping, recorded beside it
 
     floor = _metrics(stages.baseline_file(tmp_path, "digits"))["data"]["0"]
     assert 0 <= floor["fid"] < flow["ode_euler"]["5"]["fid"] and floor["fid_n"] == 40

@@ -25,5 +25,5 @@ def test_readme_example_method_trains_validates_and_samples(monkeypatch, mixture
     result = method.sample(net, "ode_heun", 100, 1500, torch.Generator().manual_seed(0))
     reference, floor = mixture_reference
     assert w2_exact(result.x.numpy(), reference) < 1.5 * floor
-    loss = method.loss(lambda x, t: torch.zeros_like(x), torch.randn(8, 2), torch.Generator().manual_seed(0))
+    loss = method.loss(method.make_network(params.network), torch.randn(8, 2), torch.Generator().manual_seed(0))
     assert loss.shape == (8,) and torch.isfinite(loss).all()

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import rng
+
 #: image data set names accepted in params.yaml
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
 
@@ -67,7 +69,7 @@ def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
 def dequantize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Uniform dequantization of grid images: k -> 2 (k + u) / 256 - 1 with u ~ U[0, 1) (methods.md 2.12C)."""
     pixels = torch.from_numpy(to_uint8(x)).to(device=x.device, dtype=torch.float64)
-    u = torch.rand(pixels.shape, generator=generator, dtype=torch.float64, device=x.device)
+    u = rng.uniform(tuple(pixels.shape), generator, x.device, torch.float64)
     return 2.0 * (pixels + u) / 256.0 - 1.0
 
 

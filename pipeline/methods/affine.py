@@ -2,7 +2,9 @@
 
 Training regresses the network onto its prediction target at x_t = alpha_t x + sigma_t eps;
 every sampler and likelihood goes through pipeline.parameterization, so eps-, score- and
-velocity-networks share the same ODE code.
+velocity-networks share the same ODE code. The network is preconditioned for the method's path and
+target (pipeline.parameterization.Preconditioned), so its output can follow a target that grows with
+|x_t|; the loss is the method's own, on the preconditioned output.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
-from pipeline.parameterization import Prediction, from_x0_and_eps, to_score, to_velocity, to_x0
+from pipeline.nets import network_settings
+from pipeline.parameterization import Preconditioned, Prediction, from_x0_and_eps, to_score, to_velocity, to_x0
 from pipeline.paths import AffinePath
 from pipeline.solvers import SolverResult, ode_euler, ode_heun, ode_rk45, uniform_grid
 
@@ -34,8 +38,13 @@ class AffineMethod(Method):
 
     path: AffinePath
 
+    def make_network(self, network_section) -> nn.Module:
+        """The data kind's net behind the preconditioning of this path and target."""
+        sigma_data = network_settings(self.data_shape, network_section).sigma_data
+        return Preconditioned(super().make_network(network_section), self.path, self.prediction, sigma_data)
+
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
-        u = torch.rand(n, generator=generator, device=device)
+        u = rng.uniform((n,), generator, device)
         return self.t_min_train + (1.0 - self.t_min_train) * u
 
     def loss_weight(self, t: Tensor) -> Tensor | float:
@@ -44,11 +53,11 @@ class AffineMethod(Method):
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         """E || net(x_t, t) - target ||^2, averaged over dimensions (Ho et al. 2020 eq. 14; Lipman et al. 2023 eq. 23)."""
         t = self.sample_time(batch.shape[0], generator, batch.device)
-        noise = torch.randn(batch.shape, generator=generator, device=batch.device)
+        noise = rng.normal(tuple(batch.shape), generator, batch.device)
         c = self.path(t).broadcast_to(batch)
         x_t = c.alpha * batch + c.sigma * noise
         target = from_x0_and_eps(batch, noise, self.prediction, c)
-        error = (net(x_t, t) - target).pow(2).flatten(1).mean(1)
+        error = (self.output(net, x_t, t) - target).pow(2).flatten(1).mean(1)
         return self.loss_weight(t) * error
 
     def prior_sample(self, n: int, generator: torch.Generator, device) -> Tensor:

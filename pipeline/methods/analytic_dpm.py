@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from pipeline import rng
+
 
 def mean_square_eps(eps_fn: Callable[[Tensor, int], Tensor], alpha_bar: Tensor, data: Tensor, steps: list[int],
                     generator: torch.Generator, batch_size: int = 4096) -> Tensor:
@@ -42,7 +44,7 @@ def mean_square_eps(eps_fn: Callable[[Tensor, int], Tensor], alpha_bar: Tensor, 
         ab = float(alpha_bar[n])
         total = 0.0
         for chunk in data.split(batch_size):
-            noise = torch.randn(chunk.shape, generator=generator, dtype=chunk.dtype, device=chunk.device)
+            noise = rng.normal_like(chunk, generator)
             x_n = math.sqrt(ab) * chunk + math.sqrt(1 - ab) * noise
             total += float(eps_fn(x_n, n).double().flatten(1).pow(2).sum())
         values.append(total / data[0].numel() / data.shape[0])
@@ -106,8 +108,8 @@ class AnalyticTable:
 def estimate_table(eps_fn: Callable[[Tensor, int], Tensor], alpha_bar: Tensor, train: Tensor, points: int,
                    generator: torch.Generator) -> AnalyticTable:
     """The table for steps 1..T from `points` training examples drawn without replacement."""
-    index = torch.randperm(train.shape[0], generator=generator, device=generator.device)[:points]
-    subset = train[index.to(train.device)]
+    index = rng.permutation(train.shape[0], generator, train.device)[:points]
+    subset = train[index]
     num_steps = alpha_bar.shape[0] - 1
     values = mean_square_eps(eps_fn, alpha_bar, subset, list(range(1, num_steps + 1)), generator)
     table = torch.cat([torch.zeros(1, dtype=torch.float64), values])

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import MethodConfig
+from pipeline.nets import build_network
 from pipeline.solvers import SolverResult
 
 
@@ -96,6 +97,10 @@ class Method(ABC):
     def prior_sample(self, n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
         """n draws from the distribution sampling starts at."""
 
+    def make_network(self, network_section) -> nn.Module:
+        """The network this method trains, from params.yaml's `network` section (the data kind's net)."""
+        return build_network(self.data_shape, network_section, extra_outputs=self.extra_outputs)
+
     def max_budget(self) -> int | None:
         return None
 
@@ -124,6 +129,10 @@ class Method(ABC):
                        context: EvalContext) -> list[LikelihoodRecord]:
         """Likelihoods this method defines (none by default)."""
         return []
+
+    def protocol(self, sampler: str) -> dict[str, float]:
+        """Settings that change a sampler's or bound's numbers, recorded beside them as metrics (none by default)."""
+        return {}
 
     def trajectory_metrics(self, net: nn.Module, n: int, generator: torch.Generator,
                            context: EvalContext) -> list[tuple[str, int, str, float]]:

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline.config import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.analytic_dpm import AnalyticTable, estimate_table
@@ -37,8 +38,14 @@ class DDPMConfig(MethodConfig):
     num_steps: PositiveInt = 1000
     beta_start: float = Field(1e-4, gt=0, lt=1)
     beta_end: float = Field(0.02, gt=0, lt=1)
-    #: clip x0_hat to [-1, 1] while sampling (images only; never for 2-D data, methods.md 6.3)
-    clip_x0: bool = False
+    #: on image data, clip x0_hat to [-1, 1] in every sampler and in the bound, as the papers' code (Ho et al.
+    #: 2020; Song et al. 2021; Bao et al. 2022; diffusers' default); 2-D data is never clipped (no paper does,
+    #: and it has no fixed range; methods.md 6.3)
+    clip_x0: bool = True
+    #: on image data, Analytic-DPM's clip of the variance of the step onto tau_1 to (y 2/255 sqrt(pi/2))^2, so its
+    #: expected |sigma z| stays within y pixel bins: y = 2 with DDPM's mean, 1 with DDIM's (their code's
+    #: clip_sigma_idx = 1, clip_pixel; methods.md 2.8); never on 2-D data
+    clip_sigma: bool = True
     #: DDIM's eta (0: deterministic; 1: DDPM with the posterior variance); one sampler per eta x skipping
     ddim_etas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
     ddim_skips: list[Skip] = Field(default_factory=lambda: ["uniform", "quadratic"], min_length=1)
@@ -82,6 +89,10 @@ class DDPM(AffineMethod):
         self.alpha_bars = self.path.alpha_bar(torch.arange(config.num_steps + 1))
         #: Analytic-DPM's per-step E||eps||^2 / d, set by after_training or load_extras
         self.analytic: AnalyticTable | None = None
+        images = len(self.data_shape) == 3
+        #: the papers' handling of 8-bit images, in force on image data only (DDPMConfig.clip_x0, clip_sigma)
+        self.clip_x0 = images and config.clip_x0
+        self.clip_sigma = images and config.clip_sigma
 
     @classmethod
     def sampler_table(cls, config: DDPMConfig) -> dict[str, SamplerSpec]:
@@ -101,7 +112,7 @@ class DDPM(AffineMethod):
 
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
         """i ~ U{1..T}, t = i / T (Ho et al. 2020, Alg. 1)."""
-        i = torch.randint(1, self.num_steps + 1, (n,), generator=generator, device=device)
+        i = rng.integers(1, self.num_steps + 1, (n,), generator, device)
         return i.float() / self.num_steps
 
     def timesteps(self, budget: int, skip: Skip = "uniform") -> list[int]:
@@ -113,9 +124,28 @@ class DDPM(AffineMethod):
         eps = self.output(net, x, t)
         ab = float(self.alpha_bars[step])
         x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-        if self.config.clip_x0:
+        if self.clip_x0:
             x0 = x0.clamp(-1, 1)
         return eps, x0
+
+    def protocol(self, sampler: str) -> dict[str, float]:
+        """Whether x0_hat (every sampler and bound) and Analytic-DPM's last noisy step were clipped."""
+        settings = {"clip_x0": float(self.clip_x0)}
+        if sampler.startswith("analytic_"):
+            settings["clip_sigma"] = float(self.clip_sigma)
+        return settings
+
+    def clipped_variance(self, variance: VarianceFn, steps: list[int], pixels: int) -> VarianceFn:
+        """`variance`, with the step onto tau_1 capped at (pixels 2/255 sqrt(pi/2))^2 when clip_sigma is in force."""
+        if not self.clip_sigma:
+            return variance
+        threshold = (pixels * 2.0 / 255.0 * math.sqrt(math.pi / 2.0)) ** 2
+
+        def clipped(r: int, s: int) -> float:
+            value = variance(r, s)
+            return min(value, threshold) if s == steps[0] else value
+
+        return clipped
 
     # ---------------------------------------------------------------- per-step variances
 
@@ -136,10 +166,6 @@ class DDPM(AffineMethod):
 
     # ---------------------------------------------------------------- reverse chains
 
-    @staticmethod
-    def _noise(x: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
     def ancestral(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
                   variance: VarianceFn) -> SolverResult:
         """x_s = posterior mean(x0_hat, x_r) + sqrt(variance(r, s)) z along the sub-sequence, no noise at s = 0
@@ -152,7 +178,7 @@ class DDPM(AffineMethod):
             coef_xr = math.sqrt(ab_r / ab_s) * (1 - ab_s) / (1 - ab_r)
             x = coef_x0 * x0 + coef_xr * x
             if s > 0:
-                x = x + math.sqrt(variance(r, s)) * self._noise(x, generator)
+                x = x + math.sqrt(variance(r, s)) * rng.normal_like(x, generator)
         return SolverResult(x, len(steps))
 
     def implicit(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
@@ -169,7 +195,7 @@ class DDPM(AffineMethod):
             x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - lambda_sq(r, s), 0.0)) * eps
             step_variance = variance(r, s) if s > 0 else 0.0
             if step_variance > 0:
-                x = x + math.sqrt(step_variance) * self._noise(x, generator)
+                x = x + math.sqrt(step_variance) * rng.normal_like(x, generator)
         return SolverResult(x, len(steps))
 
     # ---------------------------------------------------------------- Analytic-DPM's table
@@ -238,7 +264,7 @@ class DDPM(AffineMethod):
             with torch.no_grad():
                 for r, s in zip(steps, previous):
                     ab_r, ab_s = float(self.alpha_bars[r]), float(self.alpha_bars[s])
-                    x_r = math.sqrt(ab_r) * x + math.sqrt(1 - ab_r) * self._noise(x, generator)
+                    x_r = math.sqrt(ab_r) * x + math.sqrt(1 - ab_r) * rng.normal_like(x, generator)
                     _, x0_hat = self.eps_and_x0(net, x_r, r)
                     coef_x0 = math.sqrt(ab_s) * self.skip_beta(r, s) / (1 - ab_r)
                     mean_sq = (coef_x0 * (x - x0_hat)).flatten(1).pow(2).sum(1)
@@ -276,18 +302,22 @@ def sample_ddim(method: DDPM, net, x, budget, generator, eta: float, skip: Skip)
 
 
 def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResult:
-    """Analytic-DDPM: DDPM's mean (lambda^2 = beta_tilde) with the optimal variance sigma*^2 (Bao et al. 2022)."""
+    """Analytic-DDPM: DDPM's mean (lambda^2 = beta_tilde) with the optimal variance sigma*^2 (Bao et al. 2022),
+    the step onto tau_1 clipped to 2 pixel bins on images."""
 
     def variance(r: int, s: int) -> float:
         return method.analytic_variance(r, s, method.posterior_variance(r, s))
 
-    return method.ancestral(net, x, method.timesteps(budget), generator, variance)
+    steps = method.timesteps(budget)
+    return method.ancestral(net, x, steps, generator, method.clipped_variance(variance, steps, pixels=2))
 
 
 def sample_analytic_ddim(method: DDPM, net, x, budget, generator) -> SolverResult:
-    """Analytic-DDIM: DDIM's mean (lambda = 0) with the optimal variance sigma*^2 (Bao et al. 2022)."""
-    return method.implicit(net, x, method.timesteps(budget), generator, lambda r, s: 0.0,
-                           lambda r, s: method.analytic_variance(r, s, 0.0))
+    """Analytic-DDIM: DDIM's mean (lambda = 0) with the optimal variance sigma*^2 (Bao et al. 2022), the step
+    onto tau_1 clipped to 1 pixel bin on images."""
+    steps = method.timesteps(budget)
+    variance = method.clipped_variance(lambda r, s: method.analytic_variance(r, s, 0.0), steps, pixels=1)
+    return method.implicit(net, x, steps, generator, lambda r, s: 0.0, variance)
 
 
 DDPM.samplers = {

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from pipeline import rng
 from pipeline.config import MethodConfig
 from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
 from pipeline.parameterization import Prediction
@@ -36,4 +37,4 @@ class FlowMatching(AffineMethod):
         self.path = LinearPath(config.sigma_min)
 
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
-        return torch.rand(n, generator=generator, device=device)
+        return rng.uniform((n,), generator, device)

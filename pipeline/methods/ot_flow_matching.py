@@ -26,6 +26,7 @@ import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.metrics import import_pot
@@ -59,7 +60,7 @@ def coupled_regression_loss(method: FlowMatching, net: nn.Module, x_data: Tensor
     c = method.path(t).broadcast_to(x_data)
     x_t = c.alpha * x_data + c.sigma * noise
     target = from_x0_and_eps(x_data, noise, method.prediction, c)
-    return method.loss_weight(t) * (net(x_t, t) - target).pow(2).flatten(1).mean(1)
+    return method.loss_weight(t) * (method.output(net, x_t, t) - target).pow(2).flatten(1).mean(1)
 
 
 class OTFlowMatchingConfig(FlowMatchingConfig):
@@ -73,7 +74,7 @@ class OTFlowMatching(FlowMatching):
     Config = OTFlowMatchingConfig
 
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        noise = torch.randn(batch.shape, generator=generator, device=batch.device)
+        noise = rng.normal(tuple(batch.shape), generator, batch.device)
         size = self.config.ot_batch or batch.shape[0]
         noise = torch.cat([chunk[ot_permutation(chunk, data)]
                            for chunk, data in zip(noise.split(size), batch.split(size))])

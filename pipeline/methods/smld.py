@@ -17,6 +17,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline.config import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
@@ -62,7 +63,7 @@ class SMLD(AffineMethod):
 
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
         """One noise level per example, uniformly over the L levels."""
-        level = torch.randint(0, self.config.num_levels, (n,), generator=generator, device=device)
+        level = rng.integers(0, self.config.num_levels, (n,), generator, device)
         return self.level_times.to(device=device, dtype=torch.float32)[level]
 
     def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,

@@ -12,12 +12,19 @@ from pipeline.nets.mlp import MLP
 from pipeline.nets.unet import build_unet
 
 
+def network_settings(data_shape: tuple[int, ...], network_section):
+    """params.yaml's network.mlp for flat (2-D) data, network.unet for [C, H, W] images."""
+    if len(data_shape) == 1:
+        return network_section.mlp
+    if len(data_shape) == 3:
+        return network_section.unet
+    raise ValueError(f"no network for data of shape {data_shape}")
+
+
 def build_network(data_shape: tuple[int, ...], network_section, extra_outputs: int = 0) -> nn.Module:
     """The MLP for flat (2-D) data, the U-Net for [C, H, W] images. `extra_outputs` adds output units."""
+    cfg = network_settings(data_shape, network_section)
     if len(data_shape) == 1:
-        cfg = network_section.mlp
         return MLP(data_shape[0], hidden=cfg.hidden, depth=cfg.depth, time_embedding=cfg.time_embedding,
                    extra_outputs=extra_outputs)
-    if len(data_shape) == 3:
-        return build_unet(tuple(data_shape), network_section.unet, extra_outputs=extra_outputs)
-    raise ValueError(f"no network for data of shape {data_shape}")
+    return build_unet(tuple(data_shape), cfg, extra_outputs=extra_outputs)
