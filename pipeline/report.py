@@ -119,6 +119,43 @@ def budget_table(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame
     return pivot.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
 
 
+def floor_ratio_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Every 2-D sampler at its largest NFE: W2 (mean over seeds) as a multiple of the data floor, worst first."""
+    toy = [d for d in params.datasets if DATASETS[d] == "toy"]
+    w2 = frame[frame.dataset.isin(toy) & (frame.metric == "w2")]
+    floors = w2[w2.method == "data"].groupby("dataset").value.mean()
+    runs = w2[w2.method != "data"]
+    if runs.empty or floors.empty:
+        return pd.DataFrame()
+    largest = runs.groupby(["dataset", "method", "sampler"]).nfe.transform("max")
+    top = runs[runs.nfe == largest].groupby(["dataset", "method", "sampler", "nfe"], sort=False).value.mean()
+    table = top.reset_index().rename(columns={"value": "w2"})
+    table["floor"] = table.dataset.map(floors)
+    table["ratio"] = table.w2 / table.floor
+    return table.sort_values("ratio", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def floor_check_lines(frame: pd.DataFrame, params: Params) -> list[str]:
+    """The summary's check that every sampler, at its largest budget, is within twice the data floor (W2)."""
+    table = floor_ratio_table(frame, params)
+    if table.empty:
+        return []
+    above = table[table.ratio > 2]
+    worst = table.iloc[0]
+    lines = ["## Samplers at their largest budget against the data floor", "",
+             f"W2 of every 2-D sampler at its largest NFE divided by the data floor of its data set (mean over "
+             f"seeds). Worst: {worst.method} / {worst.sampler} on {worst.dataset} at {int(worst.nfe)} NFE, "
+             f"{worst.ratio:.2f}x the floor ({worst.w2:.3f} against {worst.floor:.3f}). "]
+    if above.empty:
+        lines[-1] += "No sampler is above 2x the floor."
+    else:
+        lines[-1] += f"{len(above)} of {len(table)} are above 2x the floor:"
+        shown = above.assign(w2=above.w2.map("{:.3f}".format), floor=above.floor.map("{:.3f}".format),
+                             ratio=above.ratio.map("{:.2f}".format))
+        lines += ["", shown.to_markdown(index=False)]
+    return lines + [""]
+
+
 def path_table(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Rows method, columns straightness and transport cost (means over seeds)."""
     sub = frame[(frame.dataset == dataset) & frame.metric.isin(PATH_METRICS)]
@@ -195,6 +232,7 @@ def summary_markdown(frame: pd.DataFrame, params: Params) -> str:
              "for DDPM's ancestral samplers and `analytic_ddpm`, the probability-flow ODE otherwise). Row `data / data` is the floor: W2 between two disjoint "
              "samples of the data set, and the true NLL where the density is known.", "",
              headline_table(frame, params).to_markdown(), ""]
+    lines += floor_check_lines(frame, params)
     lines += image_summary(frame, params)
     for metric in ("w2", "nll"):
         lines += [f"## {metric} against the number of function evaluations", ""]

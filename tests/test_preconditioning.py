@@ -140,3 +140,17 @@ def test_a_preconditioned_network_fitted_to_a_standard_normal_keeps_large_draws(
         eps_shortfall = 1 - method.output(bounded, x, t).norm(dim=1) / x.norm(dim=1)
     assert float(eps_shortfall.max()) > 0.2, eps_shortfall
     assert math.isfinite(float(sampler(method, bounded, x).norm()))
+
+
+def test_the_unet_gets_the_same_preconditioned_output():
+    """The U-Net ends in GroupNorm -> SiLU -> conv, bounded as the MLP's head: it is preconditioned the same way,
+    so at t = 1 even an untrained eps-network returns about x_t, however large x_t is."""
+    from pipeline.config import UNetSettings
+
+    method = DDPM(DDPMConfig(), (1, 8, 8))
+    net = method.make_network(NetworkSection(unet=UNetSettings(channels=8, norm_groups=4)))
+    assert isinstance(net, Preconditioned) and net.sigma_data == 0.5
+    x = 10.0 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = method.output(net, x, torch.ones(4))
+    assert float((eps - x).norm() / x.norm()) < 0.05
