@@ -172,7 +172,7 @@ def test_likelihood_matches_the_exact_slice_density():
 
 
 def test_restrict_m_restricts_the_draws_with_small_absolute_eps_z():
-    """The code restricts m where |eps_z| < 0.005 (Newbeeer/Poisson_flow losses.py): with sigma = 0.01 that
+    """The code restricts m where |eps_z| < 0.005 (forward_pz of the released code): with sigma = 0.01 that
     is 2 Phi(0.5) - 1 = 38% of the draws, not the 69% of a test on the signed draw. Restriction redraws m
     only, so with the same generator z changes exactly on the restricted draws."""
     n = 40000

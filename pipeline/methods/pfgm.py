@@ -14,9 +14,10 @@ and regress the network f(x, z) in R^{d+1} onto the normalized empirical field
 over a reference batch larger than the training batch: the batch's own points plus
 `reference_batch - batch` more training points drawn every step (the code's large batch). The
 self-normalized estimator is biased, hence the large reference (S2 13.7). `restrict_M` (off by
-default, see below) is the code's: a draw with |eps_z| < 0.005 gets m ~ U[0, 0.7 M] (their losses.py
-tests the absolute value, so with sigma = 0.01 a fraction 2 Phi(0.5) - 1 = 38% is restricted; the
-seeds' "raw eps_z < 0.005" would restrict 69%). The per-sample
+default, see below) is the code's: a draw with |eps_z| < 0.005 gets m ~ U[0, 0.7 M] (forward_pz in the
+released models/utils_poisson.py takes z.abs() before the test; an earlier revision tested the signed
+draw, as methods.md's "raw eps_z" does, which restricts 69% instead of 2 Phi(0.5) - 1 = 38% at
+sigma = 0.01). The per-sample
 loss is averaged over the d + 1 components (the code sums and halves; the mean keeps the shared
 learning rate).
 
@@ -26,8 +27,9 @@ of the x-component and z: with a = ||v_x||^2/d and N = ||E^|| + gamma,
 (from (N - gamma)^2 = ||E^_x||^2 + z^2 = a N^2 + z^2; checked against the field in tests/test_pfgm.py).
 So the drift z v_x / v_z is -N v_x / sqrt(d) at every height. The sampler and the likelihood use that
 form everywhere, not the predicted v_z: dividing by a predicted v_z near zero (the code adds 1e-5, we
-clamped at -1e-5) made the drift stiff and discontinuous (on a smoke checkpoint a quarter of the ODE's
-calls hit the clamp, the NLL moved 0.04 nats between rtol 1e-4 and 1e-6 and the NFE tripled), and the
+clamped at -1e-5) made the drift stiff and discontinuous (on an 800-step checkpoint of the mixture the
+NLL moved 0.27 nats between rtol 1e-4 and 1e-6, at 1544 and 5720 NFE; now 0.005 nats, at 314 and 1988:
+tests/test_pfgm.py), and the
 code's substitution of the exact v_z below z_exp only (their app. B.2.3, with ||E^|| ~ ||E^_x||) jumps
 at z_exp. N is smooth in v_x; it is capped smoothly at twice the largest field norm the prior starts
 from, 2 (upper_norm + z_max) + gamma, where a -> 1 would otherwise let network error send it to infinity.
@@ -199,7 +201,7 @@ class PFGM(Method):
         eps_z = rng.normal((n,), generator, y.device) * cfg.sigma
         if cfg.restrict_M:
             restricted = rng.uniform((n,), generator, y.device) * int(0.7 * cfg.M)
-            m = torch.where(eps_z.abs() < 0.005, restricted, m)  # their losses.py tests |eps_z|
+            m = torch.where(eps_z.abs() < 0.005, restricted, m)  # the code's forward_pz tests |eps_z|
         multiplier = (1 + cfg.tau) ** m
         radius = (rng.normal((n, d), generator, y.device) * cfg.sigma).norm(dim=1) * multiplier
         direction = rng.normal((n, d), generator, y.device)
