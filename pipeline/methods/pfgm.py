@@ -23,17 +23,9 @@ learning rate).
 
 Because E^_z = -z exactly (the weights sum to one), the z-component of the target is a function
 of the x-component and z: with a = ||v_x||^2/d and N = ||E^|| + gamma,
-    N = (gamma + sqrt(a gamma^2 + (1 - a) z^2)) / (1 - a),   v_z = -sqrt(d) z / N
-(from (N - gamma)^2 = ||E^_x||^2 + z^2 = a N^2 + z^2; checked against the field in tests/test_pfgm.py).
-So the drift z v_x / v_z is -N v_x / sqrt(d) at every height. The sampler and the likelihood use that
-form everywhere, not the predicted v_z: dividing by a predicted v_z near zero (the code adds 1e-5, we
-clamped at -1e-5) made the drift stiff and discontinuous (on an 800-step checkpoint of the mixture the
-NLL moved 0.27 nats between rtol 1e-4 and 1e-6, at 1544 and 5720 NFE; now 0.005 nats, at 314 and 1988:
-tests/test_pfgm.py), and the
-code's substitution of the exact v_z below z_exp only (their app. B.2.3, with ||E^|| ~ ||E^_x||) jumps
-at z_exp. N is smooth in v_x; it is capped smoothly at twice the largest field norm the prior starts
-from, 2 (upper_norm + z_max) + gamma, where a -> 1 would otherwise let network error send it to infinity.
-This needs gamma > 0 (for gamma = 0, ||v|| = sqrt(d) carries no magnitude); the authors use gamma = 5.
+    N = (gamma + sqrt(a gamma^2 + (1 - a) z^2)) / (1 - a),   v_z = -sqrt(d) z / N.
+Below z_exp (for gamma > 0) the sampler uses this exact v_z instead of the predicted one (the code's
+substitution, their app. B.2.3, uses the approximation ||E^|| ~ ||E^_x|| to find N).
 
 Network: input x / sqrt(z^2 + 1) (an input scaling in the spirit of EDM's c_in, not in the paper),
 time input t' = (ln z - ln z_min)/(ln z_max - ln z_min) (0 at z_min, 1 at z_max), and d + 1
@@ -41,8 +33,9 @@ outputs (Method.extra_outputs = 1).
 
 Prior at z = z_max: x = z_max g/|g'| with g ~ N(0, I_d), g' ~ N(0, 1), which has the radius law of the
 code's Beta(d/2, 1/2) trick; the radius is clipped to [1, upper_norm]. Backward ODE in s = ln z:
-    dx/ds = z v_x / v_z = -N(v_x, z) v_x / sqrt(d),   from ln z_max down to ln z_min,
-with adaptive RK45 (`ode_rk45`) or Euler on a uniform grid in s (`ode_euler`).
+    dx/ds = z v_x / v_z,   from ln z_max down to ln z_min,
+with adaptive RK45 (`ode_rk45`) or Euler on a uniform grid in s (`ode_euler`); the predicted v_z is
+kept below -1e-5 (the code adds 1e-5, which flips the sign when v_z is close to zero).
 
 Likelihood (methods.md 2.9): log p(x) = log p_prior(x(z_max)) + int_{ln z_min}^{ln z_max} div_x F ds
 with F the drift above and the Cauchy prior c_d z_max/(||x||^2 + z_max^2)^{(d+1)/2}; the z_min slice
@@ -80,12 +73,13 @@ class PFGMConfig(MethodConfig):
     M: PositiveInt = 291
     #: the code's restriction of m for small eps_z (see the module docstring); off for 2-D data
     restrict_M: bool = False
-    #: must be positive: the drift recovers the field's norm from it (see the module docstring)
-    gamma: float = Field(5.0, gt=0)
+    gamma: float = Field(5.0, ge=0)
     #: charges of the empirical field per step: the training batch plus this many minus the batch
     reference_batch: PositiveInt = 4096
     z_max: float = Field(40.0, gt=0)
     z_min: float = Field(1e-3, gt=0)
+    #: below this height the sampler uses the exact v_z (app. B.2.3 of the paper)
+    z_exp: float = Field(1.0, ge=0)
     upper_norm: float = Field(800.0, gt=1)
     budgets: list[PositiveInt] = Field(default_factory=lambda: [1000, 100, 20, 10], min_length=1)
 
@@ -128,18 +122,15 @@ def normalized_field(field_x: Tensor, field_z: Tensor, gamma: float) -> Tensor:
     return math.sqrt(d) * field / (field.norm(dim=1, keepdim=True) + gamma)
 
 
-def field_scale(v_x: Tensor, z: Tensor, gamma: float, cap: float | None = None) -> Tensor:
+def field_scale(v_x: Tensor, z: Tensor, gamma: float) -> Tensor:
     """N = ||E^|| + gamma of a normalized field v = sqrt(d) E^/N, from its x-part and E^_z = -z.
 
-    Ill-conditioned for gamma = 0 when z << ||E^|| (then ||v_x|| -> sqrt(d) whatever z is). With `cap`,
-    N is bounded smoothly: N (1 + (N / cap)^8)^(-1/8), within 0.1% of N up to cap / 2.
+    Ill-conditioned for gamma = 0 when z << ||E^|| (then ||v_x|| -> sqrt(d) whatever z is), so the
+    sampler substitutes only for gamma > 0, as the code does.
     """
     d = v_x.shape[1]
     a = (v_x.pow(2).sum(1) / d).clamp(max=1 - 1e-6)
-    scale = (gamma + torch.sqrt(a * gamma**2 + (1 - a) * z.pow(2))) / (1 - a)
-    if cap is None:
-        return scale
-    return scale * (1 + (scale / cap).pow(8)).pow(-1 / 8)
+    return (gamma + torch.sqrt(a * gamma**2 + (1 - a) * z.pow(2))) / (1 - a)
 
 
 def exact_z_component(v_x: Tensor, z: Tensor, gamma: float) -> Tensor:
@@ -243,19 +234,19 @@ class PFGM(Method):
         log_c = math.lgamma((d + 1) / 2) - (d + 1) / 2 * math.log(math.pi)
         return log_c + math.log(z_max) - (d + 1) / 2 * torch.log(x.flatten(1).pow(2).sum(1) + z_max**2)
 
-    def field_scale_cap(self) -> float:
-        """Twice the largest field norm the clipped prior starts from, plus gamma: the smooth bound on N."""
-        return 2 * (self.config.upper_norm + self.config.z_max) + self.config.gamma
-
     def drift_fn(self, net: nn.Module):
-        """dx/ds = z v_x / v_z = -N(v_x, z) v_x / sqrt(d) in s = ln z, with E^_z = -z exact (module docstring)."""
-        gamma, cap = self.config.gamma, self.field_scale_cap()
+        """dx/ds = z v_x / v_z in s = ln z, with the exact v_z below z_exp."""
+        cfg = self.config
         sqrt_d = math.sqrt(self.dim)
 
         def drift(x: Tensor, s: Tensor) -> Tensor:
             z = s.exp()
-            v_x = self.network(net, x, z)[:, :-1]
-            return (-field_scale(v_x, z, gamma, cap)[:, None] / sqrt_d * v_x).reshape(x.shape)
+            output = self.network(net, x, z)
+            v_x, v_z = output[:, :-1], output[:, -1]
+            # z / v_z, with v_z = -sqrt(d) z / N below z_exp, is -N / sqrt(d)
+            exact = (z < cfg.z_exp) & (cfg.gamma > 0)
+            ratio = torch.where(exact, -field_scale(v_x, z, cfg.gamma) / sqrt_d, z / v_z.clamp(max=-1e-5))
+            return (ratio[:, None] * v_x).reshape(x.shape)
 
         return drift
 
