@@ -31,6 +31,8 @@ from pipeline.paths import DiscreteLinearBetaPath
 from pipeline.solvers import SolverResult
 
 Skip = Literal["uniform", "quadratic"]
+#: the samplers (and the bound) that use Analytic-DPM's optimal variance, hence its sigma clip on images
+ANALYTIC_SAMPLERS = frozenset({"analytic_ddpm", "analytic_ddim"})
 VarianceFn = Callable[[int, int], float]
 
 
@@ -131,7 +133,7 @@ class DDPM(AffineMethod):
     def protocol(self, sampler: str) -> dict[str, float]:
         """Whether x0_hat (every sampler and bound) and Analytic-DPM's last noisy step were clipped."""
         settings = {"clip_x0": float(self.clip_x0)}
-        if sampler.startswith("analytic_"):
+        if sampler in ANALYTIC_SAMPLERS:
             settings["clip_sigma"] = float(self.clip_sigma)
         return settings
 
