@@ -203,6 +203,8 @@ class EvaluateSection(Strict):
     w2_points: PositiveInt = 2000
     floor_repeats: PositiveInt = 3
     nll_points: PositiveInt = 1000
+    #: k of the 2-D precision / recall / density / coverage (Naeem et al. 2020 use 5)
+    prdc_k: PositiveInt = 5
     ode_rtol: float = Field(1e-5, gt=0, lt=1)
     ode_atol: float = Field(1e-5, gt=0, lt=1)
     image: ImageEvaluateSettings = ImageEvaluateSettings()

@@ -28,7 +28,7 @@ from pipeline.data.images import dequantize
 from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write_json, write_npz, write_text
 from pipeline.methods import DERIVED_METHODS, build_method
 from pipeline.methods.base import EvalContext, Method
-from pipeline.metrics import w2_exact
+from pipeline.metrics import prdc_scores, structure_scores, w2_exact
 from pipeline.training import CheckpointError, train
 
 MODEL_FORMAT = 2  # 2: affine methods' networks are preconditioned (weights under `inner.`)
@@ -344,6 +344,8 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
         else:
             _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
             _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
+            for metric, value in _mode_metrics(params, dataset, data, x, data.test[:n]).items():
+                _record(table, row["sampler"], row["nfe"], metric, value)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
     x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
     if image:
@@ -370,6 +372,14 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
                 _record(table, sampler, int(nfe), metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
+
+
+def _mode_metrics(params: Params, dataset: str, data, x: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """The 2-D metrics that see modes: precision, recall, density, coverage against `real`, and the data
+    set's structure score where its law is known (pipeline.metrics)."""
+    scores = prdc_scores(real, x, params.evaluate.prdc_k)
+    law = datasets.exact_law(dataset, data.meta["mean"], data.meta["std"])
+    return scores | structure_scores(law, np.asarray(x, np.float64))
 
 
 def _extractor(root: Path, params: Params, dataset: str):
@@ -443,17 +453,22 @@ def run_baseline(root: Path, params: Params, dataset: str) -> Path:
         return baseline_file(root, dataset)
     cfg = params.evaluate
     n = min(cfg.w2_points, len(data.test))
-    values = [w2_exact(data.reference[k * n:(k + 1) * n], data.test[:n])
-              for k in range(cfg.floor_repeats) if (k + 1) * n <= len(data.reference)]
-    if not values:
+    chunks = [data.reference[k * n:(k + 1) * n] for k in range(cfg.floor_repeats) if (k + 1) * n <= len(data.reference)]
+    if not chunks:
         raise StageError(f"data.n_reference must be at least evaluate.w2_points ({n}) to compute the data floor")
+    values = [w2_exact(chunk, data.test[:n]) for chunk in chunks]
     table: dict = {}
     _record(table, "data", 0, "w2", float(np.mean(values)))
     _record(table, "data", 0, "w2_sd", float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
     _record(table, "data", 0, "w2_n", n)
-    exact_log_prob = datasets.EXACT_LOG_DENSITIES.get(dataset)
-    if exact_log_prob is not None:
-        nll = -exact_log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
+    modes = [_mode_metrics(params, dataset, data, chunk, data.test[:n]) for chunk in chunks]
+    for metric in modes[0]:
+        scores = [m[metric] for m in modes]
+        _record(table, "data", 0, metric, float(np.mean(scores)))
+        _record(table, "data", 0, f"{metric}_sd", float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"))
+    if dataset in datasets.TOY_DATASETS:  # the true NLL of the held-out points: every 2-D law is known
+        law = datasets.exact_law(dataset, data.meta["mean"], data.meta["std"])
+        nll = -law.log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
         _record(table, "data", 0, "nll", nll.mean())
         _record(table, "data", 0, "nll_se", nll.std() / math.sqrt(len(nll)))
         _record(table, "data", 0, "nll_n", len(nll))

@@ -28,7 +28,7 @@ def _run(args, cwd):
 
 def _repo_with_profile(root: Path, profile: str) -> Path:
     """A temporary copy of the repository whose params.yaml is `profiles/<profile>.yaml`, after `dvc repro`."""
-    for name in ("pipeline", "profiles"):
+    for name in ("pipeline", "profiles", "reports/studies"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)

@@ -30,3 +30,41 @@ def test_samplers_above_twice_the_floor_are_listed_worst_first():
 
     within = frame[frame.value < 1.0].assign(value=lambda f: f.value.where(f.metric != "w2", 0.11))
     assert "No sampler is above 2x the floor." in "\n".join(floor_check_lines(within, params))
+
+
+def test_rows_above_the_floor_are_shown_beside_the_exact_score_study():
+    params = Params.model_validate({"datasets": ["moons"], "methods": {"ve_sde": {}}})
+    frame = _frame([
+        ("moons", "data", "data", 0, 0, "w2", 0.10),
+        ("moons", "ve_sde", "pc", 1001, 0, "w2", 0.40),
+        ("moons", "ve_sde", "ode_euler", 1000, 0, "w2", 0.12),
+    ])
+    oracle = pd.DataFrame([{"dataset": "moons", "method": "ve_sde", "sampler": "pc", "nfe": 1001, "w2": 0.11,
+                            "floor": 0.10}])
+    text = "\n".join(floor_check_lines(frame, params, oracle))
+    assert "| 0.400 | 0.100   | 4.00    | 0.110            | 1.10 " in text, text
+    assert "the excess is the trained network's, not the sampler's" in text
+
+    bad = oracle.assign(w2=0.30)  # a sampler that fails with the exact score too: no such claim
+    text = "\n".join(floor_check_lines(frame, params, bad))
+    assert "3.00" in text and "not the sampler's" not in text
+    assert "not the sampler's" not in "\n".join(floor_check_lines(frame, params))
+
+
+def test_mode_table_shows_each_sampler_at_its_largest_budget():
+    from pipeline.report import mode_lines, mode_table
+
+    params = Params.model_validate({"datasets": ["eight_gaussians"], "methods": {"flow_matching": {}}})
+    frame = _frame([
+        ("eight_gaussians", "data", "data", 0, 0, "modes", 8.0),
+        ("eight_gaussians", "data", "data", 0, 0, "coverage", 0.97),
+        ("eight_gaussians", "flow_matching", "ode_euler", 10, 0, "modes", 2.0),
+        ("eight_gaussians", "flow_matching", "ode_euler", 100, 0, "modes", 8.0),
+        ("eight_gaussians", "flow_matching", "ode_euler", 100, 0, "coverage", 0.80),
+        ("eight_gaussians", "flow_matching", "ode_euler", 100, 1, "coverage", 0.90),
+    ])
+    table = mode_table(frame, params)
+    assert list(table.columns) == ["eight_gaussians coverage", "eight_gaussians modes"]
+    assert table.loc["flow_matching / ode_euler"].tolist() == ["0.850", "8"]
+    assert table.loc["data / data"].tolist() == ["0.970", "8"]
+    assert "a ring as eight Gaussians" in "\n".join(mode_lines(frame, params))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.images import IMAGE_DATASETS, ImageSourceError, prepare_image
-from pipeline.data.toy import EXACT_LOG_DENSITIES, STANDARDIZED, TOY_DATASETS
+from pipeline.data.toy import STANDARDIZED, TOY_DATASETS, exact_law
 from pipeline.io import write_npz
 
 #: every data set name accepted in params.yaml -> its kind ("toy" or "image")
