@@ -1,5 +1,6 @@
-"""Every sampler of the affine-path methods fed the exact score of each 2-D benchmark, at the default
-profile's budgets: what a sampler reaches when the network is perfect.
+"""Every sampler of the affine-path methods fed the exact score of each 2-D benchmark, and PFGM's fed the
+exact field of the training split, at the default profile's largest budgets: what a sampler reaches when
+the network is perfect.
 
 A sampler row of the default run far above the data floor is the sampler's (or the method's) doing only
 if its oracle row is too; otherwise it is the trained network's. The exact laws are
@@ -8,9 +9,9 @@ the networks are pipeline.oracle.OracleNetwork, which return each method's predi
 W2 is computed as the evaluate stage does (sample.n_samples draws against the first evaluate.w2_points
 test points), the floor is metrics/data/<set>.json.
 
-    python scripts/oracle_floor_study.py [--methods ve_sde,subvp_sde] [--datasets checkerboard]
+    python scripts/oracle_floor_study.py [--methods ve_sde,subvp_sde] [--datasets checkerboard] [--samplers pc]
 
-reads data/ and metrics/data/ of a `dvc repro` and writes reports/studies/oracle_floor.csv
+reads data/ and metrics/data/ of a `dvc repro` and updates reports/studies/oracle_floor.csv
 (dataset, method, sampler, nfe, w2, floor), which the report shows beside any row above 2x the floor.
 """
 
@@ -33,6 +34,7 @@ from pipeline.data.toy import exact_law  # noqa: E402
 from pipeline.io import derive_seed, write_text  # noqa: E402
 from pipeline.methods import build_method  # noqa: E402
 from pipeline.methods.affine import AffineMethod  # noqa: E402
+from pipeline.methods.pfgm import PFGM, ExactFieldNetwork  # noqa: E402
 from pipeline.metrics import w2_exact  # noqa: E402
 
 OUT = ROOT / "reports" / "studies" / "oracle_floor.csv"
@@ -40,6 +42,7 @@ OUT = ROOT / "reports" / "studies" / "oracle_floor.csv"
 
 def main(methods: str = typer.Option("", help="comma-separated; default: every affine-path method in params.yaml"),
          datasets_: str = typer.Option("", "--datasets", help="comma-separated; default: every 2-D set in params.yaml"),
+         samplers: str = typer.Option("", help="comma-separated; default: every sampler of the method"),
          largest_only: bool = typer.Option(True, help="only each sampler's largest budget")):
     params = load_params(ROOT / "params.yaml")
     torch.set_num_threads(1)  # the oracle's small batched solves are faster on one thread beside other work
@@ -54,9 +57,12 @@ def main(methods: str = typer.Option("", help="comma-separated; default: every a
         train = torch.from_numpy(data.train)
         for name in names:
             method = build_method(name, params.method_config(name), data.shape)
-            if not isinstance(method, AffineMethod):
+            if isinstance(method, AffineMethod):
+                net = law.network(method.path, method.prediction)
+            elif isinstance(method, PFGM):  # its exact target: the field of the training split as charges
+                net = ExactFieldNetwork(method, train)
+            else:
                 continue
-            net = law.network(method.path, method.prediction)
             generator = torch.Generator().manual_seed(derive_seed(0, "oracle", name, dataset))
             method.load_extras(method.after_training(net, train, generator))
             runs = method.sampler_runs()
@@ -65,6 +71,7 @@ def main(methods: str = typer.Option("", help="comma-separated; default: every a
                 for sampler, budget in runs:
                     largest[sampler] = budget if budget is None else max(budget, largest.get(sampler) or 0)
                 runs = list(largest.items())
+            runs = [(sampler, budget) for sampler, budget in runs if not samplers or sampler in samplers.split(",")]
             for sampler, budget in runs:
                 seed = derive_seed(0, "oracle", name, dataset, sampler, budget or 0)
                 result = method.sample(net, sampler, budget, params.sample.n_samples,
@@ -74,7 +81,13 @@ def main(methods: str = typer.Option("", help="comma-separated; default: every a
                              "w2": round(w2, 4), "floor": round(floor, 4)})
                 print(f"{dataset:16s} {name:22s} {sampler:28s} nfe {result.nfe:5d}  w2 {w2:.3f}  "
                       f"({w2 / floor:.2f}x floor)", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        raise typer.BadParameter("nothing to run: no such method, data set or sampler")
+    key = ("dataset", "method", "sampler")
+    done = {tuple(row[k] for k in key) for row in rows}
+    if OUT.exists():  # keep the rows of earlier runs that this one did not redo
+        with OUT.open() as handle:
+            rows = [row for row in csv.DictReader(handle) if tuple(row[k] for k in key) not in done] + rows
     lines = [",".join(rows[0])] + [",".join(str(row[k]) for k in rows[0]) for row in rows]
     write_text(OUT, "\n".join(lines) + "\n")
     print(f"wrote {OUT}")

@@ -11,28 +11,15 @@ from scipy import stats
 from pipeline.methods.base import EvalContext
 from pipeline.config import MLPSettings, NetworkSection, TrainSettings
 from pipeline.data import prepare_toy
-from pipeline.methods.pfgm import (PFGM, PFGMConfig, empirical_field, exact_z_component, field_scale,
-                                   normalized_field)
+from pipeline.methods.pfgm import (PFGM, ExactFieldNetwork, PFGMConfig, empirical_field, exact_z_component,
+                                   field_scale, normalized_field)
 from pipeline.metrics import w2_exact
 from pipeline.nets.mlp import MLP
 from pipeline.oracle import oracle_mixture
 from pipeline.training import train
 
 
-class ExactField(torch.nn.Module):
-    """Stands in for a trained PFGM network: the normalized field of a set of charges at (x, z(t'))."""
-
-    def __init__(self, method: PFGM, charges: torch.Tensor):
-        super().__init__()
-        self.method = method
-        self.register_buffer("charges", charges.float())
-        method.training_data(charges)  # the charges are the data: they set the drift's floor radius
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        low, high = math.log(self.method.config.z_min), math.log(self.method.config.z_max)
-        z = torch.exp(t.float() * (high - low) + low)
-        x = x.float() * torch.sqrt(z.pow(2) + 1)[:, None]  # undo PFGM.network_input
-        return normalized_field(*empirical_field(x, z, self.charges), self.method.config.gamma)
+ExactField = ExactFieldNetwork
 
 
 def _closed_form_field(x, z, charges):

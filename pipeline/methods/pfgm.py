@@ -293,3 +293,20 @@ class PFGM(Method):
                                     math.log(self.config.z_max), divergence=estimator, generator=generator,
                                     rtol=context.rtol, atol=context.atol)
         return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]
+
+
+class ExactFieldNetwork(nn.Module):
+    """PFGM's oracle: the normalized empirical field of a set of charges at (x, z(t')), the target the network
+    regresses onto, in the network's own input convention. The charges are the data (they set the drift's R)."""
+
+    def __init__(self, method: "PFGM", charges: Tensor):
+        super().__init__()
+        self.method = method
+        self.register_buffer("charges", charges.flatten(1).float())
+        method.training_data(charges)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        low, high = math.log(self.method.config.z_min), math.log(self.method.config.z_max)
+        z = torch.exp(t.float() * (high - low) + low)
+        x = x.flatten(1).float() * torch.sqrt(z.pow(2) + 1)[:, None]  # undo PFGM.network_input
+        return normalized_field(*empirical_field(x, z, self.charges), self.method.config.gamma)
