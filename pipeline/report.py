@@ -171,9 +171,11 @@ def floor_check_lines(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame 
         known = [r for r in ratios if r == r]
         if known:
             lines[-1] += (f" beside each, the same sampler at the same budget fed the data set's exact score "
-                          f"(pipeline.data.toy.exact_law; {ORACLE_STUDY}, made by scripts/oracle_floor_study.py).")
+                          f"(pipeline.data.toy.exact_law; for PFGM the exact field of the training split, "
+                          f"pipeline.methods.pfgm.ExactFieldNetwork; {ORACLE_STUDY}, made by "
+                          f"scripts/oracle_floor_study.py).")
             if len(known) == len(ratios) and max(known) < 1.5:
-                lines[-1] += (f" With the exact score every one of them is within {max(known):.2f}x the floor, "
+                lines[-1] += (f" Fed the exact target, every one of them is within {max(known):.2f}x the floor, "
                               f"so the excess is the trained network's, not the sampler's: these rows measure "
                               f"how well the method's network learned the data at this training budget.")
     lines += ["", shown.to_markdown(index=False, disable_numparse=True)]
