@@ -38,7 +38,7 @@ from its x-part through the formula above, exact near the plane and ill-conditio
 (a -> 1). The code divides by v_z + 1e-5 above z_exp and substitutes the x-part estimate below
 (their app. B.2.3): the drift jumps at z_exp and is about 1e5 z v_x wherever the network predicts
 v_z >= 0 (on the default moons model the NLL was 4.35 and 4.10 nats at rtol 1e-4 and 1e-6, at 3254
-and 15878 NFE; with the drift below 2.34 and 2.33 nats at 212 and 1286 NFE, the samples' W2 unchanged
+and 15878 NFE; with the drift below 2.34 and 2.33 (checkerboard 2.93 and 2.92 at 242 and 1388 NFE), the samples' W2 unchanged
 at 0.26). Here (`drift_fn`) the two estimates of 1/N are blended by a cosine ramp in ln z over
 [z_exp/3, 3 z_exp], and 1/N is floored smoothly at its physical minimum 1/(||x|| + R + z + gamma),
 R the largest norm of the training data (E^_x is a weighted mean of y - x, so ||E^|| <= ||x|| + R + z).
