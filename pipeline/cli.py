@@ -167,7 +167,7 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
     two or three (torch, and torch.optim's import of torch._dynamo). When only sampling or evaluation
     parameters changed, training resumes from its finished checkpoint and costs nothing.
     """
-    from pipeline.stages import run_evaluate, run_reflow, run_sample, run_train
+    from pipeline.stages import run_convergence, run_evaluate, run_reflow, run_sample, run_train
 
     def action(params):
         _check_names(params, method, dataset, seed, derived=True)
@@ -176,6 +176,7 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
         typer.echo(f"wrote {make(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_sample(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_evaluate(root, params, method, dataset, seed)}")
+        typer.echo(f"wrote {run_convergence(root, params, method, dataset, seed, progress)}")
 
     _run(action)
 

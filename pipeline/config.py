@@ -37,6 +37,23 @@ class TrainSettings(Strict):
     grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: PositiveInt = 500
     log_every: PositiveInt = 50
+    #: steps at which the EMA weights are kept beside the final ones, for the convergence study: under a
+    #: constant learning rate the weights at step s of this run are those of an s-step run
+    snapshots: list[PositiveInt] = []
+
+    @model_validator(mode="after")
+    def _snapshots_are_shorter_runs(self):
+        check_snapshots(self)
+        return self
+
+
+def check_snapshots(settings: "TrainSettings") -> None:
+    """Snapshots stand for shorter runs only when the learning rate does not depend on the run's length."""
+    if settings.snapshots and settings.lr_schedule != "constant":
+        raise ValueError("train snapshots need lr_schedule: constant (under cosine decay the weights at step s "
+                         "are not those of an s-step run)")
+    if any(step > settings.steps for step in settings.snapshots):
+        raise ValueError(f"train snapshots must be at most train steps ({settings.steps})")
 
 
 class KindTrainOverrides(Strict):
@@ -51,6 +68,7 @@ class KindTrainOverrides(Strict):
     grad_clip: float | None = Field(None, gt=0)
     checkpoint_every: PositiveInt | None = None
     log_every: PositiveInt | None = None
+    snapshots: list[PositiveInt] | None = None
 
 
 class TrainOverrides(KindTrainOverrides):
@@ -207,6 +225,8 @@ class EvaluateSection(Strict):
     prdc_k: PositiveInt = 5
     ode_rtol: float = Field(1e-5, gt=0, lt=1)
     ode_atol: float = Field(1e-5, gt=0, lt=1)
+    #: the budget every sampler runs at on each training snapshot (train.snapshots)
+    convergence_budget: PositiveInt = 100
     image: ImageEvaluateSettings = ImageEvaluateSettings()
 
 
@@ -325,6 +345,12 @@ class Params(Strict):
                 raise ValueError(f"methods.{name}.samplers: {error}") from None
             validated[name] = config
         object.__setattr__(self, "methods", validated)
+        for name in validated:
+            for kind in ("toy", "image"):
+                try:
+                    check_snapshots(self.train_settings(name, kind))
+                except ValueError as error:
+                    raise ValueError(f"methods.{name}.train.{kind}: {error}") from None
         return self
 
     @model_validator(mode="after")

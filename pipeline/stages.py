@@ -4,6 +4,7 @@ Outputs (all written atomically):
     data/<dataset>.npz                                   prepare
     models/<method>/<dataset>/seed<k>.pt                 train (EMA weights + what made them)
     metrics/train/<method>/<dataset>/seed<k>.csv         train (loss curve)
+    metrics/convergence/<method>/<dataset>/seed<k>.csv   convergence (scores of the train.snapshots weights)
     samples/<method>/<dataset>/seed<k>.npz               sample (every sampler x budget)
     metrics/<method>/<dataset>/seed<k>.json              evaluate
     metrics/data/<dataset>.json                          baseline (the data floor)
@@ -169,7 +170,7 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     save_torch(model_file(root, method_name, dataset, seed), {
         "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(data.shape),
         "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
-        "extras": extras,
+        "extras": extras, "snapshots": result.snapshots,
     })
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
@@ -287,17 +288,23 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     for sampler, budget in iterator:
         generator = torch.Generator(device=device).manual_seed(
             derive_seed(seed, "sample", method_name, dataset, sampler, budget))
-        chunks, nfe = [], 0
-        for offset in range(0, n, batch):
-            result = method.sample(net, sampler, budget, min(batch, n - offset), generator, device)
-            chunks.append(result.x.float().cpu())
-            nfe = max(nfe, result.nfe)
         key = run_key(sampler, budget)
-        arrays[key] = torch.cat(chunks).numpy()
+        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, generator, device)
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     arrays["index"] = np.array(json.dumps(index))
     write_npz(samples_file(root, method_name, dataset, seed), **arrays)
     return samples_file(root, method_name, dataset, seed)
+
+
+def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int | None, n: int, batch: int,
+                 generator: torch.Generator, device: torch.device) -> tuple[np.ndarray, int]:
+    """n samples of one sampler in batches of at most `batch`, and the most NFE a batch used."""
+    chunks, nfe = [], 0
+    for offset in range(0, n, batch):
+        result = method.sample(net, sampler, budget, min(batch, n - offset), generator, device)
+        chunks.append(result.x.float().cpu())
+        nfe = max(nfe, result.nfe)
+    return torch.cat(chunks).numpy(), nfe
 
 
 def load_samples(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -326,44 +333,18 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     data = datasets.load(data_file(root, dataset))
     method, net = load_model(root, params, method_name, dataset, seed, device)
     index, samples = load_samples(samples_file(root, method_name, dataset, seed))
-    cfg = params.evaluate
+    scorer = _SampleScorer(root, params, dataset, data, device)
     table: dict = {}
-    image = data.kind == "image"
-    if image:
-        extractor = _extractor(root, params, dataset)  # fails before any work when its weights are missing
-        against = _fid_against(params, data)
-        n = min(cfg.image.fid_samples, len(against))
-    else:
-        n = min(cfg.w2_points, len(data.test))
     for row in index:
-        x = samples[row["key"]][:n]
-        if image:
-            metric_seed = derive_seed(seed, "evaluate", method_name, dataset, row["key"])
-            for metric, value in _image_metrics(params, x, against[:len(x)], extractor, metric_seed, device).items():
-                _record(table, row["sampler"], row["nfe"], metric, value)
-        else:
-            _record(table, row["sampler"], row["nfe"], "w2", w2_exact(x, data.test[:n]))
-            _record(table, row["sampler"], row["nfe"], "w2_n", len(x))
-            for metric, value in _mode_metrics(params, dataset, data, x, data.test[:n]).items():
-                _record(table, row["sampler"], row["nfe"], metric, value)
+        metric_seed = derive_seed(seed, "evaluate", method_name, dataset, row["key"])
+        for metric, value in scorer(samples[row["key"]], metric_seed).items():
+            _record(table, row["sampler"], row["nfe"], metric, value)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
-    x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
-    if image:
-        x_test = dequantize(x_test, generator)  # the same dequantized images for every method
-    context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
-    for record in method.log_likelihood(net, x_test, generator, context):
-        nll = -record.log_prob.double().cpu()
-        _record(table, record.sampler, record.nfe, "nll", nll.mean())
-        _record(table, record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll)))
-        _record(table, record.sampler, record.nfe, "nll_n", len(nll))
-        if image:
-            bpd = _bits_per_dim(nll, record.estimator, method.dim)
-            _record(table, record.sampler, record.nfe, "nll_bpd", bpd.mean())
-            _record(table, record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))
-            if record.estimator == "ode_hutchinson":
-                _record(table, record.sampler, record.nfe, "nll_probes", 1)
+    for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, generator, device):
+        _record(table, sampler, nfe, metric, value)
     # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
-    for sampler, nfe, metric, value in method.trajectory_metrics(net, n, generator, context):
+    context = EvalContext(rtol=params.evaluate.ode_rtol, atol=params.evaluate.ode_atol)
+    for sampler, nfe, metric, value in method.trajectory_metrics(net, scorer.n, generator, context):
         _record(table, sampler, nfe, metric, value)
     # the settings each number was made with (e.g. DDPM's x0 clipping on images), beside every number
     for sampler, by_nfe in table.items():
@@ -372,6 +353,116 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
                 _record(table, sampler, int(nfe), metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
+
+
+class _SampleScorer:
+    """The metrics of one set of generated samples against held-out data: W2 and the mode metrics on
+    2-D sets, FID / KID / precision / recall / sliced W2 on images (the first `n` samples)."""
+
+    def __init__(self, root: Path, params: Params, dataset: str, data, device: torch.device):
+        self.params, self.dataset, self.data, self.device = params, dataset, data, device
+        self.image = data.kind == "image"
+        if self.image:
+            self.extractor = _extractor(root, params, dataset)  # fails before any work when weights are missing
+            self.against = _fid_against(params, data)
+            self.n = min(params.evaluate.image.fid_samples, len(self.against))
+        else:
+            self.n = min(params.evaluate.w2_points, len(data.test))
+
+    def __call__(self, samples: np.ndarray, metric_seed: int) -> dict[str, float]:
+        x = samples[:self.n]
+        if self.image:
+            return _image_metrics(self.params, x, self.against[:len(x)], self.extractor, metric_seed, self.device)
+        real = self.data.test[:self.n]
+        return ({"w2": w2_exact(x, real), "w2_n": len(x)}
+                | _mode_metrics(self.params, self.dataset, self.data, x, real))
+
+
+def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data, generator: torch.Generator,
+                     device: torch.device) -> list[tuple[str, int, str, float]]:
+    """(sampler, nfe, metric, value) of the method's likelihoods on the test split: nats, their standard
+    error and count; on images also bits/dim of the dequantized test images."""
+    cfg = params.evaluate
+    image = data.kind == "image"
+    x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
+    if image:
+        x_test = dequantize(x_test, generator)  # the same dequantized images for every method
+    context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
+    rows = []
+    for record in method.log_likelihood(net, x_test, generator, context):
+        nll = -record.log_prob.double().cpu()
+        rows += [(record.sampler, record.nfe, "nll", nll.mean()),
+                 (record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll))),
+                 (record.sampler, record.nfe, "nll_n", len(nll))]
+        if image:
+            bpd = _bits_per_dim(nll, record.estimator, method.dim)
+            rows += [(record.sampler, record.nfe, "nll_bpd", bpd.mean()),
+                     (record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))]
+            if record.estimator == "ode_hutchinson":
+                rows.append((record.sampler, record.nfe, "nll_probes", 1))
+    return rows
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def _convergence_row(step: int, sampler: str, nfe: int, metric: str, value: float) -> str:
+    value = _clean(value)
+    return f"{int(step)},{sampler},{nfe},{metric},{'nan' if value is None else repr(value)}"
+
+
+def convergence_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / "convergence" / method / dataset / f"seed{seed}.csv"
+
+
+CONVERGENCE_COLUMNS = ["step", "sampler", "nfe", "metric", "value"]
+
+
+def run_convergence(root: Path, params: Params, method_name: str, dataset: str, seed: int,
+                    progress: bool = True) -> Path:
+    """Every sampler (at evaluate.convergence_budget, adaptive ones as they are) and every likelihood of
+    the EMA weights kept at each step of train.snapshots, scored as the evaluate stage scores the final
+    model: one row per (step, sampler, nfe, metric). Each sampler starts from the same prior draws at
+    every step. No snapshots: the header alone."""
+    device = resolve_device(params.device)
+    method, net = load_model(root, params, method_name, dataset, seed, device)
+    snapshots = torch.load(model_file(root, method_name, dataset, seed), map_location="cpu",
+                           weights_only=False).get("snapshots", {})
+    rows = [",".join(CONVERGENCE_COLUMNS)]
+    if snapshots:
+        data = datasets.load(data_file(root, dataset))
+        scorer = _SampleScorer(root, params, dataset, data, device)
+        train_data = method.training_data(torch.from_numpy(data.train)).to(device)
+        n, batch = params.sample.n_samples, params.sample.batch_size
+        if data.kind == "image":
+            n, batch = params.sample.image.n_samples, params.sample.image.batch_size
+        cap = method.max_budget()
+        budget = params.evaluate.convergence_budget if cap is None else min(params.evaluate.convergence_budget, cap)
+        samplers = list(dict.fromkeys(sampler for sampler, _ in method.sampler_runs()))
+        steps = sorted(snapshots, key=int)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"convergence {method_name}/{dataset}", unit="snapshot", mininterval=1.0)
+        for step in steps:
+            net.load_state_dict(snapshots[step])
+            stage_seed = derive_seed(seed, "train", method_name, dataset)
+            method.load_extras(method.after_training(net, train_data, torch.Generator(device=device).manual_seed(
+                derive_seed(stage_seed, "after_training"))))
+            for sampler in samplers:
+                run_budget = budget if method.samplers[sampler].uses_budget else None
+                generator = torch.Generator(device=device).manual_seed(
+                    derive_seed(seed, "convergence", method_name, dataset, sampler))
+                x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, generator, device)
+                metric_seed = derive_seed(seed, "convergence", method_name, dataset, sampler, "metrics")
+                rows += [_convergence_row(step, sampler, nfe, metric, value)
+                         for metric, value in scorer(x, metric_seed).items()]
+            generator = torch.Generator(device=device).manual_seed(
+                derive_seed(seed, "convergence", method_name, dataset, "likelihood"))
+            for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, generator, device):
+                rows.append(_convergence_row(step, sampler, nfe, metric, value))
+    write_text(convergence_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
+    return convergence_file(root, method_name, dataset, seed)
 
 
 def _mode_metrics(params: Params, dataset: str, data, x: np.ndarray, real: np.ndarray) -> dict[str, float]:

@@ -38,6 +38,7 @@ class CheckpointError(Exception):
 class TrainResult:
     ema_state: dict[str, Tensor]
     loss_history: list[tuple[int, float, float]]  # (step, mean loss over the logging window, lr)
+    snapshots: dict[int, dict[str, Tensor]]  # step -> EMA weights then (settings.snapshots)
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -96,6 +97,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
     torch.manual_seed(seed)
     history: list[tuple[int, float, float]] = []
     window: list[Tensor] = []
+    snapshots: dict[int, dict[str, Tensor]] = {}
     start = 0
     checkpoint_path = Path(checkpoint_path)
     if checkpoint_path.exists():
@@ -109,6 +111,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history = [tuple(row) for row in state["history"]]
         window = [torch.tensor(w, device=device) for w in state["window"]]
+        snapshots = state.get("snapshots", {})
         start = state["step"]
 
     saved_step = [start] if checkpoint_path.exists() else []
@@ -127,7 +130,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
             "weights_sha256": weights_digest(net.state_dict(), ema.state_dict()),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "history": history, "window": [float(w) for w in window],
+            "history": history, "window": [float(w) for w in window], "snapshots": snapshots,
         })
 
     bar = None
@@ -141,6 +144,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
     ema_parameters = list(ema.parameters())
     ema_update = get_ema_multi_avg_fn(settings.ema_decay)  # one foreach lerp over all parameters
     buffer_pairs = list(zip(ema.buffers(), net.buffers()))
+    snapshot_steps = set(settings.snapshots)
     for step in range(start, settings.steps):
         lr = learning_rate(step, settings)
         for group in optimizer.param_groups:
@@ -161,6 +165,8 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
                 b_ema.copy_(b)
         window.append(loss.detach())
         done = step + 1
+        if done in snapshot_steps:
+            snapshots[done] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
         if done % settings.log_every == 0 or done == settings.steps:
             history.append((done, float(torch.stack(window).mean()), lr))
             window = []
@@ -176,4 +182,4 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         bar.close()
     if start < settings.steps or not checkpoint_path.exists():
         save(settings.steps)
-    return TrainResult({k: v.detach().cpu() for k, v in ema.state_dict().items()}, history)
+    return TrainResult({k: v.detach().cpu() for k, v in ema.state_dict().items()}, history, snapshots)
