@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params
+from pipeline.convergence import STUDY as CONVERGENCE_STUDY
+from pipeline.convergence import collect_convergence, convergence_figure, convergence_lines
 from pipeline.io import atomic_directory, write_text
 from pipeline.data import DATASETS
 from pipeline.stages import (StageError, baseline_file, evaluated_methods, features_metrics_file, load_samples,
@@ -285,7 +287,8 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
     return lines
 
 
-def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame | None = None) -> str:
+def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame | None = None,
+                     convergence: tuple[pd.DataFrame, str] | None = None) -> str:
     lines = ["# Benchmark summary", "",
              f"Methods: {', '.join(evaluated_methods(params))}. Data sets: {', '.join(params.datasets)}. "
              f"Seeds: {', '.join(map(str, params.seeds))}.", "",
@@ -298,6 +301,8 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
              headline_table(frame, params).to_markdown(), ""]
     lines += floor_check_lines(frame, params, oracle)
     lines += mode_lines(frame, params)
+    if convergence is not None:
+        lines += convergence_lines(convergence[0], params, convergence[1])
     lines += image_summary(frame, params)
     for metric in ("w2", "nll"):
         lines += [f"## {metric} against the number of function evaluations", ""]
@@ -456,7 +461,19 @@ def run_report(root: Path, params: Params) -> Path:
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.10g")
     write_text(reports / "results.csv", buffer.getvalue())
-    write_text(reports / "summary.md", summary_markdown(frame, params, load_oracle_study(root)))
+    convergence = collect_convergence(root, params)
+    buffer = io.StringIO()
+    convergence.to_csv(buffer, index=False, float_format="%.10g")
+    write_text(reports / "convergence.csv", buffer.getvalue())
+    source = "this run's `train.snapshots`"
+    if (convergence.method != "data").sum() == 0 and (root / CONVERGENCE_STUDY).exists():
+        convergence = pd.read_csv(root / CONVERGENCE_STUDY)
+        source = f"the study profile `profiles/convergence.yaml`, kept as {CONVERGENCE_STUDY}"
+    has_curves = (convergence.method != "data").sum() > 0
+    write_text(reports / "summary.md", summary_markdown(frame, params, load_oracle_study(root),
+                                                        (convergence, source) if has_curves else None))
     with atomic_directory(reports / "figures") as tmp:
         _figures(root, frame, params, tmp)
+        if has_curves:
+            convergence_figure(convergence, tmp / "convergence.png")
     return reports / "summary.md"

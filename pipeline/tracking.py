@@ -21,7 +21,7 @@ from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.methods import DERIVED_METHODS
 from pipeline.io import sha256_bytes
-from pipeline.stages import StageError, evaluated_methods, loss_file, model_file
+from pipeline.stages import StageError, convergence_file, evaluated_methods, loss_file, model_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,4 +142,11 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
         rows = results[(results.method == method) & (results.dataset == dataset) & (results.seed == seed)]
         metrics += [Metric(f"{row.metric}/{row.sampler}", float(row.value), now, int(row.nfe))
                     for row in rows.itertuples() if pd.notna(row.value)]
-        mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics)
+        # the convergence study (train.snapshots): each metric's history over training steps
+        convergence_path = convergence_file(root, method, dataset, seed)
+        if convergence_path.exists():
+            convergence = pd.read_csv(convergence_path)
+            metrics += [Metric(f"convergence/{row.metric}/{row.sampler}", float(row.value), now, int(row.step))
+                        for row in convergence.itertuples() if pd.notna(row.value)]
+        for start in range(0, len(metrics), 1000):  # MLflow's largest batch
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics[start:start + 1000])

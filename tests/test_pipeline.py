@@ -96,13 +96,32 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     assert any(key.startswith("w2/") for key in child.data.metrics)
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert len(history) > 1
+    # the convergence rows of the snapshots (profiles/smoke.yaml gives flow_matching two) as step histories
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "convergence/w2/ode_euler")]
+    assert sorted(steps) == [100, 200]
+
+
+@pytest.mark.slow
+def test_the_convergence_section_comes_from_the_runs_snapshots_or_the_kept_study(smoke_repo, image_repo):
+    convergence = pd.read_csv(smoke_repo / "reports" / "convergence.csv")
+    runs = convergence[convergence.method != "data"]
+    assert set(runs.method) == {"flow_matching"} and sorted(runs.step.unique()) == [100, 200]
+    assert {"w2", "coverage", "nll"} <= set(runs.metric)
+    summary = (smoke_repo / "reports" / "summary.md").read_text()
+    assert "## Convergence" in summary and "this run's `train.snapshots`" in summary
+    assert (smoke_repo / "reports" / "figures" / "convergence.png").exists()
+    # a profile without snapshots shows the study kept under reports/studies/
+    kept = (REPO / "reports" / "studies" / "convergence.csv").exists()
+    assert ("profiles/convergence.yaml" in (image_repo / "reports" / "summary.md").read_text()) == kept
 
 
 @pytest.mark.slow
 def test_forced_rerun_is_byte_identical(smoke_repo):
     before = (smoke_repo / "reports" / "results.csv").read_bytes()
+    convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
     _run(["dvc", "repro", "--force"], smoke_repo)
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
+    assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
     assert (smoke_repo / "dvc.lock").read_text() == lock_before

@@ -1,0 +1,224 @@
+"""The convergence study: every metric against training steps, over seeds, and the training budget it picks.
+
+The run stage scores the EMA weights kept at each step of `train.snapshots`
+(pipeline.stages.run_convergence, one CSV per run); under a constant learning rate those are the
+weights of a run of that many steps. This module gathers those CSVs (with the data floor), reduces
+them to a mean and a Student-t 95% interval over training seeds, states the budget rule and draws
+the curves. profiles/convergence.yaml is the study; its gathered table is kept as
+reports/studies/convergence.csv so that the default profile's report can show it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Params
+from pipeline.data import DATASETS
+from pipeline.stages import baseline_file, convergence_file, evaluated_methods
+
+#: where the study profile's gathered table is kept for other profiles' reports
+STUDY = Path("reports") / "studies" / "convergence.csv"
+COLUMNS = ["dataset", "method", "seed", "step", "sampler", "nfe", "metric", "value"]
+#: metrics shown against steps, and whether higher is better
+CURVE_METRICS = {"w2": False, "coverage": True, "modes": True, "on_support": True, "nll": False}
+#: metrics the budget rule requires to have converged (where a data set has them)
+RULE_METRICS = ("w2", "coverage", "modes", "on_support")
+
+
+def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
+    """The convergence rows of every 2-D run of params.yaml, plus each data set's floor as method `data`
+    (step 0). Empty when no run kept snapshots."""
+    import json
+
+    frames = []
+    for dataset in (d for d in params.datasets if DATASETS[d] == "toy"):
+        runs = []
+        for method in evaluated_methods(params):
+            for seed in params.seeds:
+                path = convergence_file(root, method, dataset, seed)
+                if path.exists():
+                    frame = pd.read_csv(path)
+                    if len(frame):
+                        runs.append(frame.assign(dataset=dataset, method=method, seed=seed))
+        frames += runs
+        if runs and baseline_file(root, dataset).exists():
+            floor = json.loads(baseline_file(root, dataset).read_text())
+            rows = [{"dataset": dataset, "method": "data", "seed": params.data.seed, "step": 0, "sampler": "data",
+                     "nfe": 0, "metric": metric, "value": value}
+                    for by_nfe in floor.values() for metrics in by_nfe.values()
+                    for metric, value in metrics.items() if metric in CURVE_METRICS]
+            frames.append(pd.DataFrame(rows))
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% Student-t interval over seeds (nan for one seed)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method, sampler, metric, step): mean over seeds, interval half-width, seed count."""
+    sub = frame[(frame.method != "data") & frame.metric.isin(CURVE_METRICS)]
+    rows = []
+    for key, group in sub.groupby(["dataset", "method", "sampler", "metric", "step"], sort=False):
+        mean, half = t_interval(group.value.to_numpy())
+        rows.append(dict(zip(["dataset", "method", "sampler", "metric", "step"], key), mean=mean, half=half,
+                         seeds=len(group)))
+    return pd.DataFrame(rows, columns=["dataset", "method", "sampler", "metric", "step", "mean", "half", "seeds"])
+
+
+def best_samplers(table: pd.DataFrame, metric: str = "w2") -> dict[tuple[str, str], str]:
+    """(dataset, method) -> the sampler of lowest mean W2 at the largest step (for `nll`, the likelihood of
+    lowest mean NLL there); the sample metrics are all shown for the W2 choice."""
+    by = "nll" if metric == "nll" else "w2"
+    scores = table[table.metric == by]
+    last = scores[scores.step == scores.groupby(["dataset", "method"]).step.transform("max")]
+    return {key: group.sort_values(["mean", "sampler"]).sampler.iloc[0]
+            for key, group in last.groupby(["dataset", "method"], sort=False)}
+
+
+def converged_step(curve: pd.DataFrame, higher_is_better: bool) -> int:
+    """The smallest step from which every later mean is within (or better than) the 95% interval of the
+    largest step's mean: the rule by which the study picks a training budget."""
+    curve = curve.sort_values("step")
+    final = curve.iloc[-1]
+    half = 0.0 if math.isnan(final.half) else final.half
+    ok = curve["mean"] >= final["mean"] - half if higher_is_better else curve["mean"] <= final["mean"] + half
+    step = int(final.step)
+    for s, good in zip(curve.step.to_numpy()[::-1], ok.to_numpy()[::-1]):
+        if not good:
+            break
+        step = int(s)
+    return step
+
+
+def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method), its best sampler and the converged step of each rule metric, and their largest."""
+    table = curves(frame)
+    rows = []
+    for (dataset, method), sampler in best_samplers(table).items():
+        row = {"dataset": dataset, "method": method, "sampler": sampler}
+        for metric in RULE_METRICS:
+            curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
+                          & (table.metric == metric)]
+            if len(curve):
+                row[metric] = converged_step(curve, CURVE_METRICS[metric])
+        row["converged"] = max(row[m] for m in RULE_METRICS if m in row)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def chosen_budget(frame: pd.DataFrame) -> int | None:
+    """The training budget of the rule: the largest converged step over every method and data set."""
+    table = budget_table(frame)
+    return None if table.empty else int(table.converged.max())
+
+
+def _cell(mean: float, half: float, metric: str) -> str:
+    digits = 2 if metric in ("modes",) else 3
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def curve_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows dataset / method (best sampler), columns training steps and the floor: mean ± 95% t-interval."""
+    table = curves(frame)
+    best = best_samplers(table, metric)
+    floors = frame[(frame.method == "data") & (frame.metric == metric)].groupby("dataset").value.first()
+    rows, index = [], []
+    for (dataset, method), sampler in best.items():
+        curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
+                      & (table.metric == metric)]
+        if curve.empty:
+            continue
+        cells = {f"{int(r.step)}": _cell(r["mean"], r.half, metric) for _, r in curve.sort_values("step").iterrows()}
+        cells["floor"] = f"{floors[dataset]:.3f}" if dataset in floors else "—"
+        rows.append(cells)
+        index.append(f"{dataset} / {method} ({sampler})")
+    return pd.DataFrame(rows, index=index)
+
+
+def convergence_lines(frame: pd.DataFrame, params: Params, source: str) -> list[str]:
+    """The summary's convergence section (empty without convergence rows)."""
+    if frame.empty or (frame.method != "data").sum() == 0:
+        return []
+    budgets = budget_table(frame)
+    seeds = int(curves(frame).seeds.max())
+    chosen = int(budgets.converged.max())
+    lines = ["## Convergence: every metric against training steps", "",
+             f"From {source}. Each method's EMA weights at each step of a run with a constant learning rate "
+             f"after warm-up (so step s is an s-step run), scored as the final models are, each "
+             f"sampler at `evaluate.convergence_budget` (the NFE it used is in the table's csv), with the sampler of lowest W2 at the last step (for `nll`, the likelihood of lowest NLL there). Cells: "
+             f"mean ± half-width of the 95% Student-t interval over {seeds} training seed{'s' if seeds > 1 else ''}; `floor`: the data "
+             f"set's real-vs-real value (for `nll`, the true NLL).", "",
+             "**Budget rule.** For each method and data set, the converged step of a metric is the smallest step "
+             "from which every later mean lies within the 95% interval of the last step's mean, or beyond it on "
+             "the better side; the method's converged step is the largest over W2, coverage and, where the data "
+             "set has one, the structure score (`modes`, `on_support`). The training budget is the largest "
+             f"converged step over all methods and data sets: **{chosen} steps**, the same for every method.", "",
+             budgets.to_markdown(index=False), ""]
+    for metric in CURVE_METRICS:
+        table = curve_table(frame, metric)
+        if not table.empty:
+            lines += [f"### {metric}", "", table.to_markdown(), ""]
+    lines += ["![convergence](figures/convergence.png)", ""]
+    return lines
+
+
+def convergence_figure(frame: pd.DataFrame, path: Path) -> None:
+    """Rows of metrics, columns of data sets: each method's best sampler, mean and 95% band against steps
+    (log scale), the data floor dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = curves(frame)
+    datasets = list(dict.fromkeys(table.dataset))
+    metrics = [m for m in CURVE_METRICS if m in set(table.metric)]
+    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(3.0 * len(datasets), 2.4 * len(metrics)),
+                             squeeze=False)
+    methods = list(dict.fromkeys(table.method))
+    for j, dataset in enumerate(datasets):
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            for method in methods:
+                sampler = best_samplers(table, metric).get((dataset, method))
+                curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
+                              & (table.metric == metric)].sort_values("step")
+                if curve.empty:
+                    continue
+                half = curve.half.fillna(0.0)
+                line, = ax.plot(curve.step, curve["mean"], marker="o", ms=3, lw=1.2, label=method)
+                ax.fill_between(curve.step, curve["mean"] - half, curve["mean"] + half, alpha=0.2,
+                                color=line.get_color())
+            floor = frame[(frame.method == "data") & (frame.dataset == dataset) & (frame.metric == metric)].value
+            if len(floor):
+                ax.axhline(float(floor.iloc[0]), color="k", ls="--", lw=1, label="data floor")
+            if not ax.lines:
+                ax.set_visible(False)
+                continue
+            ax.set_xscale("log")
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(dataset, fontsize=9)
+            if j == 0 or not axes[i, j - 1].get_visible():
+                ax.set_ylabel(metric, fontsize=8)
+            if i == len(metrics) - 1:
+                ax.set_xlabel("training step", fontsize=8)
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_visible()), ([], []))
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
