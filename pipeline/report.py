@@ -222,6 +222,85 @@ def mode_lines(frame: pd.DataFrame, params: Params) -> list[str]:
             f"held-out points (mean over the floor's chunks).", "", table.to_markdown(), ""]
 
 
+def learned_table(frame: pd.DataFrame, params: Params, tolerance: float = 0.1) -> pd.DataFrame:
+    """Per 2-D data set and method, with its best sampler at that sampler's largest NFE (mean over seeds):
+    coverage against (1 - tolerance) x the data floor's, and the modes held against the floor's (where the
+    data set has modes). Column `learned`: both hold."""
+    toy = [d for d in params.datasets if DATASETS[d] == "toy"]
+    sub = frame[frame.dataset.isin(toy) & frame.metric.isin(["coverage", "modes"])]
+    if sub.empty:
+        return pd.DataFrame()
+    largest = sub.groupby(["dataset", "method", "sampler"]).nfe.transform("max")
+    means = sub[sub.nfe == largest].groupby(["dataset", "method", "sampler", "metric"], sort=False).value.mean()
+    means = means.unstack("metric")
+    rows = []
+    for dataset in toy:
+        if dataset not in means.index.get_level_values(0):
+            continue
+        by_method = means.loc[dataset]
+        floor = by_method.loc["data"].iloc[0]
+        for method in evaluated_methods(params):
+            if method not in by_method.index.get_level_values(0):
+                continue
+            scores = by_method.loc[method]
+            row = {"dataset": dataset, "method": method, "coverage": scores.coverage.max(),
+                   "best sampler": scores.coverage.idxmax(), "coverage floor": floor.coverage}
+            ok = row["coverage"] >= (1 - tolerance) * floor.coverage
+            if "modes" in scores and scores.modes.notna().any():
+                row |= {"modes": scores.modes.max(), "modes floor": floor.modes}
+                ok = ok and row["modes"] >= floor.modes
+            rows.append(row | {"learned": "yes" if ok else "no"})
+    return pd.DataFrame(rows)
+
+
+def learned_lines(frame: pd.DataFrame, params: Params, convergence: pd.DataFrame | None = None) -> list[str]:
+    """The learned check (learned_table); for a method that misses it and is in the convergence study, what
+    the study's longest training reached (does it get there with more steps?)."""
+    table = learned_table(frame, params)
+    if table.empty:
+        return []
+    missed = table[table.learned == "no"]
+    lines = ["## Has each model learned its data?", "",
+             f"A method has learned a 2-D set when, with its best sampler at that sampler's largest budget, its "
+             f"coverage is within 10% of the real-vs-real floor's and it holds every mode the floor holds "
+             f"(`eight_gaussians`, `gaussian_mixture`). {len(table) - len(missed)} of {len(table)} pass."]
+    if not missed.empty:
+        lines[-1] += " Missed: " + "; ".join(
+            f"{r.method} on {r.dataset} (coverage {r.coverage:.3f} against {r['coverage floor']:.3f}"
+            + (f", {int(r.modes)} of {int(r['modes floor'])} modes" if "modes" in r and r.modes == r.modes else "")
+            + ")" for _, r in missed.iterrows()) + "."
+        lines += _study_verdicts(missed, convergence)
+    shown = table.copy()
+    for column in ("coverage", "coverage floor"):
+        shown[column] = shown[column].map("{:.3f}".format)
+    for column in ("modes", "modes floor"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: "" if v != v else f"{v:g}")
+    return lines + ["", shown.to_markdown(index=False, disable_numparse=True), ""]
+
+
+def _study_verdicts(missed: pd.DataFrame, convergence: pd.DataFrame | None) -> list[str]:
+    from pipeline.convergence import curves
+
+    if convergence is None or (convergence.method != "data").sum() == 0:
+        return []
+    table = curves(convergence)
+    verdicts = []
+    for _, row in missed.iterrows():
+        sub = table[(table.dataset == row.dataset) & (table.method == row.method)]
+        if sub.empty:
+            continue
+        last = sub[sub.step == sub.step.max()]
+        coverage = last[last.metric == "coverage"]["mean"].max()
+        modes = last[last.metric == "modes"]["mean"].max()
+        reached = coverage >= 0.9 * row["coverage floor"] and (modes != modes or modes >= row.get("modes floor", 0))
+        verdicts.append(f"{row.method} on {row.dataset}: at {int(sub.step.max())} steps the convergence study "
+                        f"reaches coverage {coverage:.3f}" + ("" if modes != modes else f" and {modes:g} modes")
+                        + (", so more training gets there" if reached else ", so more training does not get "
+                           "there either"))
+    return ["", "In the convergence study: " + "; ".join(verdicts) + "."] if verdicts else []
+
+
 def path_table(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Rows method, columns straightness and transport cost (means over seeds)."""
     sub = frame[(frame.dataset == dataset) & frame.metric.isin(PATH_METRICS)]
@@ -301,6 +380,7 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
              headline_table(frame, params).to_markdown(), ""]
     lines += floor_check_lines(frame, params, oracle)
     lines += mode_lines(frame, params)
+    lines += learned_lines(frame, params, None if convergence is None else convergence[0])
     if convergence is not None:
         lines += convergence_lines(convergence[0], params, convergence[1])
     lines += image_summary(frame, params)

@@ -68,3 +68,39 @@ def test_mode_table_shows_each_sampler_at_its_largest_budget():
     assert table.loc["flow_matching / ode_euler"].tolist() == ["0.850", "8"]
     assert table.loc["data / data"].tolist() == ["0.970", "8"]
     assert "a ring as eight Gaussians" in "\n".join(mode_lines(frame, params))
+
+
+def test_the_learned_check_asks_for_every_mode_and_coverage_within_ten_percent_of_the_floor():
+    from pipeline.report import learned_lines, learned_table
+
+    params = Params.model_validate({"datasets": ["eight_gaussians", "moons"],
+                                    "methods": {"flow_matching": {}, "ddpm": {}}})
+    frame = _frame([
+        ("eight_gaussians", "data", "data", 0, 0, "modes", 8.0),
+        ("eight_gaussians", "data", "data", 0, 0, "coverage", 0.97),
+        ("moons", "data", "data", 0, 0, "coverage", 0.95),
+        # flow_matching: its best sampler at its largest budget passes; the smaller budget is not looked at
+        ("eight_gaussians", "flow_matching", "ode_euler", 10, 0, "coverage", 0.20),
+        ("eight_gaussians", "flow_matching", "ode_euler", 100, 0, "coverage", 0.90),
+        ("eight_gaussians", "flow_matching", "ode_euler", 100, 0, "modes", 8.0),
+        ("eight_gaussians", "flow_matching", "ode_heun", 50, 0, "coverage", 0.50),
+        ("eight_gaussians", "flow_matching", "ode_heun", 50, 0, "modes", 3.0),
+        ("moons", "flow_matching", "ode_euler", 100, 0, "coverage", 0.85),  # 0.895 of the floor: misses
+        # ddpm: coverage within 10% but a mode short
+        ("eight_gaussians", "ddpm", "ancestral_beta", 100, 0, "coverage", 0.95),
+        ("eight_gaussians", "ddpm", "ancestral_beta", 100, 0, "modes", 7.0),
+        ("moons", "ddpm", "ancestral_beta", 100, 0, "coverage", 0.90),
+    ])
+    table = learned_table(frame, params).set_index(["dataset", "method"])
+    assert table.learned.to_dict() == {("eight_gaussians", "flow_matching"): "yes", ("eight_gaussians", "ddpm"): "no",
+                                       ("moons", "flow_matching"): "no", ("moons", "ddpm"): "yes"}
+    assert table.loc[("eight_gaussians", "flow_matching"), "best sampler"] == "ode_euler"
+    convergence = pd.DataFrame([
+        {"dataset": "eight_gaussians", "method": "ddpm", "seed": seed, "step": step, "sampler": "ancestral_beta",
+         "nfe": 100, "metric": metric, "value": value}
+        for seed in (0, 1) for step, metric, value in
+        [(500, "w2", 0.5), (5000, "w2", 0.2), (500, "coverage", 0.5), (5000, "coverage", 0.96),
+         (500, "modes", 3.0), (5000, "modes", 8.0)]])
+    text = "\n".join(learned_lines(frame, params, convergence))
+    assert "2 of 4 pass" in text and "ddpm on eight_gaussians (coverage 0.950 against 0.970, 7 of 8 modes)" in text
+    assert "at 5000 steps the convergence study reaches coverage 0.960 and 8 modes, so more training gets there" in text
