@@ -24,18 +24,23 @@ from pipeline.stages import baseline_file, convergence_file, evaluated_methods
 STUDY = Path("reports") / "studies" / "convergence.csv"
 COLUMNS = ["dataset", "method", "seed", "step", "sampler", "nfe", "metric", "value"]
 #: metrics shown against steps, and whether higher is better
-CURVE_METRICS = {"w2": False, "coverage": True, "modes": True, "on_support": True, "nll": False}
-#: metrics the budget rule requires to have converged (where a data set has them)
-RULE_METRICS = ("w2", "coverage", "modes", "on_support")
+CURVE_METRICS = {"w2": False, "coverage": True, "modes": True, "on_support": True, "nll": False,
+                 "fid": False, "kid": False, "nll_bpd": False}
+#: metrics the budget rule requires to have converged (where a data set has them: W2 and the mode metrics
+#: on 2-D sets, FID on images)
+RULE_METRICS = ("w2", "coverage", "modes", "on_support", "fid")
+#: the metric a sampler is chosen by (the first a run has), and for the likelihoods the likelihood itself
+SAMPLE_SCORES = ("w2", "fid")
+LIKELIHOODS = ("nll", "nll_bpd")
 
 
 def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
-    """The convergence rows of every 2-D run of params.yaml, plus each data set's floor as method `data`
+    """The convergence rows of every run of params.yaml, plus each data set's floor as method `data`
     (step 0). Empty when no run kept snapshots."""
     import json
 
     frames = []
-    for dataset in (d for d in params.datasets if DATASETS[d] == "toy"):
+    for dataset in params.datasets:
         runs = []
         for method in evaluated_methods(params):
             for seed in params.seeds:
@@ -71,6 +76,7 @@ def t_interval(values: np.ndarray) -> tuple[float, float]:
 def curves(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, method, sampler, metric, step): mean over seeds, interval half-width, seed count."""
     sub = frame[(frame.method != "data") & frame.metric.isin(CURVE_METRICS)]
+    sub = sub[~((sub.metric == "nll") & (sub.dataset.map(DATASETS) == "image"))]  # images: bits/dim
     rows = []
     for key, group in sub.groupby(["dataset", "method", "sampler", "metric", "step"], sort=False):
         mean, half = t_interval(group.value.to_numpy())
@@ -80,13 +86,18 @@ def curves(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_samplers(table: pd.DataFrame, metric: str = "w2") -> dict[tuple[str, str], str]:
-    """(dataset, method) -> the sampler of lowest mean W2 at the largest step (for `nll`, the likelihood of
-    lowest mean NLL there); the sample metrics are all shown for the W2 choice."""
-    by = "nll" if metric == "nll" else "w2"
-    scores = table[table.metric == by]
-    last = scores[scores.step == scores.groupby(["dataset", "method"]).step.transform("max")]
-    return {key: group.sort_values(["mean", "sampler"]).sampler.iloc[0]
-            for key, group in last.groupby(["dataset", "method"], sort=False)}
+    """(dataset, method) -> the sampler of lowest mean W2 (images: FID) at the largest step; for a likelihood
+    metric, the likelihood of lowest mean value there. Every sample metric is shown for the W2 / FID choice."""
+    best = {}
+    for key, group in table.groupby(["dataset", "method"], sort=False):
+        present = set(group.metric)
+        by = metric if metric in LIKELIHOODS else next((m for m in SAMPLE_SCORES if m in present), None)
+        scores = group[group.metric == by]
+        if scores.empty:
+            continue
+        last = scores[scores.step == scores.step.max()]
+        best[key] = last.sort_values(["mean", "sampler"]).sampler.iloc[0]
+    return best
 
 
 def converged_step(curve: pd.DataFrame, higher_is_better: bool) -> int:
@@ -109,7 +120,7 @@ def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = curves(frame)
     rows = []
     for (dataset, method), sampler in best_samplers(table).items():
-        row = {"dataset": dataset, "method": method, "sampler": sampler}
+        row = {"dataset": dataset, "kind": DATASETS[dataset], "method": method, "sampler": sampler}
         for metric in RULE_METRICS:
             curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
                           & (table.metric == metric)]
@@ -120,9 +131,11 @@ def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def chosen_budget(frame: pd.DataFrame) -> int | None:
-    """The training budget of the rule: the largest converged step over every method and data set."""
+def chosen_budget(frame: pd.DataFrame, kind: str = "toy") -> int | None:
+    """The training budget of the rule for one kind of data: the largest converged step over every method and
+    data set of that kind."""
     table = budget_table(frame)
+    table = table[table.kind == kind] if not table.empty else table
     return None if table.empty else int(table.converged.max())
 
 
@@ -155,18 +168,20 @@ def convergence_lines(frame: pd.DataFrame, params: Params, source: str) -> list[
         return []
     budgets = budget_table(frame)
     seeds = int(curves(frame).seeds.max())
-    chosen = int(budgets.converged.max())
+    chosen = ", ".join(f"**{chosen_budget(frame, kind)} steps** on {'2-D sets' if kind == 'toy' else 'images'}"
+                       for kind in dict.fromkeys(budgets.kind))
     lines = ["## Convergence: every metric against training steps", "",
              f"From {source}. Each method's EMA weights at each step of a run with a constant learning rate "
              f"after warm-up (so step s is an s-step run), scored as the final models are, each "
-             f"sampler at `evaluate.convergence_budget` (the NFE it used is in the table's csv), with the sampler of lowest W2 at the last step (for `nll`, the likelihood of lowest NLL there). Cells: "
+             f"sampler at `evaluate.convergence_budget` (the NFE it used is in the table's csv), with the sampler of lowest W2 (images: FID) at the last step (for a likelihood, the one of lowest NLL there). Cells: "
              f"mean ± half-width of the 95% Student-t interval over {seeds} training seed{'s' if seeds > 1 else ''}; `floor`: the data "
              f"set's real-vs-real value (for `nll`, the true NLL).", "",
              "**Budget rule.** For each method and data set, the converged step of a metric is the smallest step "
              "from which every later mean lies within the 95% interval of the last step's mean, or beyond it on "
              "the better side; the method's converged step is the largest over W2, coverage and, where the data "
-             "set has one, the structure score (`modes`, `on_support`). The training budget is the largest "
-             f"converged step over all methods and data sets: **{chosen} steps**, the same for every method.", "",
+             "set has one, the structure score (`modes`, `on_support`); on images, FID. The training budget of a "
+             f"kind of data is the largest converged step over all its methods and data sets: {chosen}, the "
+             f"same for every method.", "",
              budgets.to_markdown(index=False), ""]
     for metric in CURVE_METRICS:
         table = curve_table(frame, metric)

@@ -178,7 +178,7 @@ def test_the_convergence_section_and_figure(tmp_path):
     frame = _study_frame({500: [1.0, 1.1, 0.9], 1000: [0.3, 0.31, 0.29]}, {500: [0.2, 0.3, 0.1], 1000: [0.9] * 3})
     params = load_params(_params_file(tmp_path, {}))
     text = "\n".join(convergence_lines(frame, params, "a test"))
-    assert "**1000 steps**" in text and "Student-t" in text
+    assert "**1000 steps** on 2-D sets" in text and "Student-t" in text
     assert "moons / flow_matching (ode_euler)" in text and "1.000 ± 0.248" in text
     convergence_figure(frame, tmp_path / "convergence.png")
     assert (tmp_path / "convergence.png").stat().st_size > 1000
