@@ -436,8 +436,8 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
         n, batch = params.sample.n_samples, params.sample.batch_size
         if data.kind == "image":
             n, batch = params.sample.image.n_samples, params.sample.image.batch_size
-        cap = method.max_budget()
-        budget = params.evaluate.convergence_budget if cap is None else min(params.evaluate.convergence_budget, cap)
+        caps = [method.max_budget(), params.sample.image.max_budget if data.kind == "image" else None]
+        budget = min([params.evaluate.convergence_budget, *[c for c in caps if c is not None]])
         samplers = list(dict.fromkeys(sampler for sampler, _ in method.sampler_runs()))
         steps = sorted(snapshots, key=int)
         if progress:
