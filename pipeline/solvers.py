@@ -6,6 +6,7 @@ Every solver returns the number of function evaluations (NFE) it really used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +58,42 @@ def ode_heun(velocity_fn: VelocityFn, x: Tensor, time_grid: Tensor) -> SolverRes
         d2 = fn(x_euler, _time(t_next, x))
         x = x + h * 0.5 * (d1 + d2)
     return SolverResult(x, fn.calls)
+
+
+def dpm_solver_pp(x0_fn: VelocityFn, x: Tensor, time_grid: Tensor, alpha_sigma: Callable[[float], tuple[float, float]],
+                  order: int = 2) -> SolverResult:
+    """DPM-Solver++ multistep (Lu et al. 2022, arXiv:2211.01095, Alg. 2; order 2 is "2M"): the exponential
+    integrator of the probability-flow ODE written in the data prediction x0(x, t) and the path's log-SNR
+    lambda_t = log(alpha_t / sigma_t), one NFE a step:
+
+        x_next = (sigma_next / sigma) x + (alpha_next - sigma_next alpha / sigma) D,    e^{-h} = e^{lambda - lambda_next},
+
+    D = x0(x, t) at first order (DDIM with eta = 0, Song et al. 2021 eq. 12) and, at second order,
+    (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} with r = h_{i-1} / h_i. A step from or onto an end of infinite
+    log-SNR (alpha = 0 at the noise end of a flow, sigma = 0 at its data end) has no finite h: it takes
+    the first-order step, which is exact there (Lu et al.'s lower-order final step).
+    """
+    fn = CountingFn(x0_fn)
+    previous: tuple[Tensor, float] | None = None
+    for t, t_next in zip(time_grid[:-1], time_grid[1:]):
+        (alpha, sigma), (alpha_next, sigma_next) = alpha_sigma(float(t)), alpha_sigma(float(t_next))
+        h = _log_snr(alpha_next, sigma_next) - _log_snr(alpha, sigma)
+        x0 = fn(x, _time(t, x))
+        data = x0
+        if order == 2 and previous is not None and math.isfinite(h) and math.isfinite(previous[1]):
+            ratio = previous[1] / h
+            data = (1 + 0.5 / ratio) * x0 - (0.5 / ratio) * previous[0]
+        x = (sigma_next / sigma) * x + (alpha_next - sigma_next * alpha / sigma) * data
+        previous = (x0, h)
+    return SolverResult(x, fn.calls)
+
+
+def _log_snr(alpha: float, sigma: float) -> float:
+    if alpha <= 0:
+        return -math.inf
+    if sigma <= 0:
+        return math.inf
+    return math.log(alpha) - math.log(sigma)
 
 
 def ode_rk45(velocity_fn: VelocityFn, x: Tensor, t_start: float, t_end: float, rtol: float = 1e-5,
@@ -143,3 +180,23 @@ def annealed_langevin(score_fn: VelocityFn, x: Tensor, level_times: Tensor, step
 def uniform_grid(num_steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Tensor:
     """num_steps + 1 evenly spaced times from t_start to t_end."""
     return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64)
+
+
+def log_snr_grid(log_snr: Callable[[Tensor], Tensor], num_steps: int, t_start: float = 1.0,
+                 t_end: float = 0.0) -> Tensor:
+    """num_steps + 1 times from t_start to t_end evenly spaced in the log-SNR lambda_t = log(alpha_t / sigma_t)
+    (Lu et al. 2022, "logSNR" steps), lambda decreasing in t, inverted by bisection to float64 precision.
+    Both ends must have a finite lambda."""
+    ends = log_snr(torch.tensor([t_start, t_end], dtype=torch.float64))
+    if not torch.isfinite(ends).all():
+        raise ValueError("log_snr_grid needs a finite log-SNR at both ends")
+    targets = torch.linspace(float(ends[0]), float(ends[1]), num_steps + 1, dtype=torch.float64)
+    low = torch.full_like(targets, min(t_start, t_end))
+    high = torch.full_like(targets, max(t_start, t_end))
+    for _ in range(64):
+        middle = 0.5 * (low + high)
+        above = log_snr(middle) > targets  # lambda(middle) too high: the time is too early
+        low, high = torch.where(above, middle, low), torch.where(above, high, middle)
+    grid = 0.5 * (low + high)
+    grid[0], grid[-1] = t_start, t_end
+    return grid

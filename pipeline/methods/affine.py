@@ -20,7 +20,8 @@ from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, Sampler
 from pipeline.nets import network_settings
 from pipeline.parameterization import Preconditioned, Prediction, from_x0_and_eps, to_score, to_velocity, to_x0
 from pipeline.paths import AffinePath
-from pipeline.solvers import SolverResult, ode_euler, ode_heun, ode_rk45, uniform_grid
+from pipeline.solvers import (SolverResult, dpm_solver_pp, log_snr_grid, ode_euler, ode_heun, ode_rk45,
+                              uniform_grid)
 
 
 class AffineMethod(Method):
@@ -80,6 +81,24 @@ class AffineMethod(Method):
 
         return score
 
+    def x0_fn(self, net: nn.Module):
+        """The model's data prediction x0_hat(x, t) (Tweedie's mean, methods.md 2.7)."""
+
+        def x0(x: Tensor, t: Tensor) -> Tensor:
+            return to_x0(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+
+        return x0
+
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """alpha_t and sigma_t of the path at one time, as floats (for the exponential integrators)."""
+        c = self.path(torch.tensor([t], dtype=torch.float64))
+        return float(c.alpha[0]), float(c.sigma[0])
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t = log(alpha_t / sigma_t) of the path."""
+        c = self.path(t)
+        return c.alpha.log() - c.sigma.log()
+
     def denoise(self, net: nn.Module, result: SolverResult) -> SolverResult:
         """Tweedie's x0_hat at the end time (methods.md 2.7), when the method asks for it."""
         if not self.denoise_final or self.t_end_sample == 0:
@@ -117,8 +136,24 @@ def sample_ode_rk45(method: AffineMethod, net: nn.Module, x: Tensor, budget, gen
     return method.denoise(net, ode_rk45(method.velocity_fn(net), x, 1.0, method.t_end_sample))
 
 
+def sample_dpm_solver_pp(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator,
+                         order: int = 2) -> SolverResult:
+    """DPM-Solver++(2M) (Lu et al. 2022) on the probability-flow ODE. Steps uniform in log-SNR where it is
+    finite at both ends (the SDEs; Lu et al.'s "logSNR" steps), uniform in t on the flows, whose log-SNR is
+    -inf at t = 1 (there the first step is exact and, on the linear path, the first order is Euler)."""
+    steps = budget - 1 if method.denoise_final and method.t_end_sample > 0 and budget > 1 else budget
+    alpha_noise, _ = method.alpha_sigma(1.0)
+    _, sigma_data = method.alpha_sigma(method.t_end_sample)
+    if alpha_noise > 0 and sigma_data > 0:
+        grid = log_snr_grid(method.log_snr, steps, 1.0, method.t_end_sample)
+    else:
+        grid = uniform_grid(steps, 1.0, method.t_end_sample)
+    return method.denoise(net, dpm_solver_pp(method.x0_fn(net), x, grid, method.alpha_sigma, order))
+
+
 ODE_SAMPLERS = {
     "ode_euler": SamplerSpec(sample_ode_euler, description="probability-flow ODE, Euler"),
     "ode_heun": SamplerSpec(sample_ode_heun, description="probability-flow ODE, Heun"),
     "ode_rk45": SamplerSpec(sample_ode_rk45, uses_budget=False, description="probability-flow ODE, RK45"),
+    "dpm_solver_pp_2m": SamplerSpec(sample_dpm_solver_pp, description="probability-flow ODE, DPM-Solver++(2M)"),
 }

@@ -80,7 +80,7 @@ class RectifiedFlow(FlowMatching):
     Config = RectifiedFlowConfig
     #: settings of a flow derived from this one by reflow (params.yaml's `reflow` section)
     ReflowConfig = ReflowSettings
-    samplers = {name: ODE_SAMPLERS[name] for name in ("ode_euler", "ode_rk45")}
+    samplers = {name: ODE_SAMPLERS[name] for name in ("ode_euler", "ode_rk45", "dpm_solver_pp_2m")}
 
     def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
                       rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:
