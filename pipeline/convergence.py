@@ -36,7 +36,8 @@ LIKELIHOODS = ("nll", "nll_bpd")
 
 def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
     """The convergence rows of every run of params.yaml, plus each data set's floor as method `data`
-    (step 0). Empty when no run kept snapshots."""
+    (step 0; with each metric's spread over reference chunks, `<metric>_sd`, the rule's margin). Empty
+    when no run kept snapshots."""
     import json
 
     frames = []
@@ -55,7 +56,8 @@ def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
             rows = [{"dataset": dataset, "method": "data", "seed": params.data.seed, "step": 0, "sampler": "data",
                      "nfe": 0, "metric": metric, "value": value}
                     for by_nfe in floor.values() for metrics in by_nfe.values()
-                    for metric, value in metrics.items() if metric in CURVE_METRICS]
+                    for metric, value in metrics.items()
+                    if metric in CURVE_METRICS or metric.removesuffix("_sd") in CURVE_METRICS]
             frames.append(pd.DataFrame(rows))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
@@ -100,33 +102,47 @@ def best_samplers(table: pd.DataFrame, metric: str = "w2") -> dict[tuple[str, st
     return best
 
 
-def converged_step(curve: pd.DataFrame, higher_is_better: bool) -> int:
-    """The smallest step from which every later mean is within (or better than) the 95% interval of the
-    largest step's mean: the rule by which the study picks a training budget."""
-    curve = curve.sort_values("step")
-    final = curve.iloc[-1]
-    half = 0.0 if math.isnan(final.half) else final.half
-    ok = curve["mean"] >= final["mean"] - half if higher_is_better else curve["mean"] <= final["mean"] + half
-    step = int(final.step)
-    for s, good in zip(curve.step.to_numpy()[::-1], ok.to_numpy()[::-1]):
-        if not good:
+def converged_step(runs: pd.DataFrame, higher_is_better: bool, margin: float = 0.0) -> int:
+    """The rule by which the study picks a training budget, on one metric's rows (step, seed, value): the
+    smallest step from which, at every later step, the paired difference to the last step (same seed)
+    is not worse by more than `margin` (the metric's own spread on real data) with significance: its 95%
+    Student-t interval over seeds reaches -margin or lies beyond it on the better side (one seed: the
+    difference itself). A step that is the last studied counts as converged: the study cannot see past
+    it, and budget_table marks such curves (`still improving`)."""
+    values = runs.pivot_table(index="step", columns="seed", values="value", aggfunc="first").sort_index()
+    last = values.iloc[-1]
+    step = int(values.index[-1])
+    for s in values.index[::-1]:
+        differences = (values.loc[s] - last).dropna().to_numpy()
+        mean, half = t_interval(differences) if len(differences) else (math.nan, math.nan)
+        half = 0.0 if math.isnan(half) else half
+        worse = mean + half < -margin if higher_is_better else mean - half > margin
+        if worse:
             break
         step = int(s)
     return step
 
 
 def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method), its best sampler and the converged step of each rule metric, and their largest."""
-    table = curves(frame)
+    """Per (dataset, method), its best sampler, the converged step of each rule metric and their largest;
+    `still improving`: the rule metrics whose converged step is the last studied while the step before it
+    is significantly worse (the curve has not flattened within the study)."""
+    floors = frame[frame.method == "data"].groupby(["dataset", "metric"]).value.first()
     rows = []
-    for (dataset, method), sampler in best_samplers(table).items():
+    for (dataset, method), sampler in best_samplers(curves(frame)).items():
         row = {"dataset": dataset, "kind": DATASETS[dataset], "method": method, "sampler": sampler}
+        improving = []
         for metric in RULE_METRICS:
-            curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
-                          & (table.metric == metric)]
-            if len(curve):
-                row[metric] = converged_step(curve, CURVE_METRICS[metric])
+            runs = frame[(frame.dataset == dataset) & (frame.method == method) & (frame.sampler == sampler)
+                         & (frame.metric == metric)]
+            if len(runs):
+                margin = floors.get((dataset, f"{metric}_sd"), 0.0)
+                margin = 0.0 if margin != margin else float(margin)
+                row[metric] = converged_step(runs, CURVE_METRICS[metric], margin)
+                if row[metric] == runs.step.max() and runs.step.nunique() > 1:
+                    improving.append(metric)
         row["converged"] = max(row[m] for m in RULE_METRICS if m in row)
+        row["still improving"] = ", ".join(improving)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -177,8 +193,11 @@ def convergence_lines(frame: pd.DataFrame, params: Params, source: str) -> list[
              f"mean ± half-width of the 95% Student-t interval over {seeds} training seed{'s' if seeds > 1 else ''}; `floor`: the data "
              f"set's real-vs-real value (for `nll`, the true NLL).", "",
              "**Budget rule.** For each method and data set, the converged step of a metric is the smallest step "
-             "from which every later mean lies within the 95% interval of the last step's mean, or beyond it on "
-             "the better side; the method's converged step is the largest over W2, coverage and, where the data "
+             "from which no later step is significantly worse than the last: the paired difference to the last "
+             "step over seeds (same seed, same prior draws) has a 95% Student-t interval that reaches the "
+             "metric's real-vs-real spread (`<metric>_sd` of the floor; zero where it has none) or lies beyond "
+             "it on the better side. A curve whose last studied step is still a significant gain is marked "
+             "`still improving`: its budget is at least the study's longest. The method's converged step is the largest over W2, coverage and, where the data "
              "set has one, the structure score (`modes`, `on_support`); on images, FID. The training budget of a "
              f"kind of data is the largest converged step over all its methods and data sets: {chosen}, the "
              f"same for every method.", "",

@@ -20,10 +20,11 @@ def test_readme_example_method_trains_validates_and_samples(monkeypatch, mixture
     params = Params.model_validate({"datasets": ["moons"], "methods": {"trig_flow": {"budgets": [100, 20]}}})
     method = METHODS["trig_flow"](params.method_config("trig_flow"), (2,))
     assert method.sampler_runs() == [("ode_euler", 100), ("ode_euler", 20), ("ode_heun", 100), ("ode_heun", 20),
-                                     ("ode_rk45", None)]
+                                     ("ode_rk45", None), ("dpm_solver_pp_2m", 100), ("dpm_solver_pp_2m", 20)]
     net = mixture.network(method.path, method.prediction)
-    result = method.sample(net, "ode_heun", 100, 1500, torch.Generator().manual_seed(0))
     reference, floor = mixture_reference
-    assert w2_exact(result.x.numpy(), reference) < 1.5 * floor
+    for sampler in ("ode_heun", "dpm_solver_pp_2m"):  # the shared samplers come with the path, for free
+        result = method.sample(net, sampler, 100, 1500, torch.Generator().manual_seed(0))
+        assert w2_exact(result.x.numpy(), reference) < 1.5 * floor, sampler
     loss = method.loss(method.make_network(params.network), torch.randn(8, 2), torch.Generator().manual_seed(0))
     assert loss.shape == (8,) and torch.isfinite(loss).all()
