@@ -234,9 +234,9 @@ def convergence_figure(frame: pd.DataFrame, path: Path) -> None:
                 if curve.empty:
                     continue
                 half = curve.half.fillna(0.0)
-                line, = ax.plot(curve.step, curve["mean"], marker="o", ms=3, lw=1.2, label=method)
-                ax.fill_between(curve.step, curve["mean"] - half, curve["mean"] + half, alpha=0.2,
-                                color=line.get_color())
+                color = f"C{methods.index(method) % 10}"  # one colour per method in every panel
+                ax.plot(curve.step, curve["mean"], marker="o", ms=3, lw=1.2, label=method, color=color)
+                ax.fill_between(curve.step, curve["mean"] - half, curve["mean"] + half, alpha=0.2, color=color)
             floor = frame[(frame.method == "data") & (frame.dataset == dataset) & (frame.metric == metric)].value
             if len(floor):
                 ax.axhline(float(floor.iloc[0]), color="k", ls="--", lw=1, label="data floor")
@@ -245,12 +245,8 @@ def convergence_figure(frame: pd.DataFrame, path: Path) -> None:
                 continue
             ax.set_xscale("log")
             ax.tick_params(labelsize=7)
-            if i == 0:
-                ax.set_title(dataset, fontsize=9)
-            if j == 0 or not axes[i, j - 1].get_visible():
-                ax.set_ylabel(metric, fontsize=8)
-            if i == len(metrics) - 1:
-                ax.set_xlabel("training step", fontsize=8)
+            ax.set_title(f"{dataset}: {metric}", fontsize=8)
+            ax.set_xlabel("training step", fontsize=7)
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_visible()), ([], []))
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
