@@ -322,11 +322,26 @@ def sample_analytic_ddim(method: DDPM, net, x, budget, generator) -> SolverResul
     return method.implicit(net, x, steps, generator, lambda r, s: 0.0, variance)
 
 
+def log_snr_timesteps(method: DDPM, budget: int) -> list[int]:
+    """tau_1 < ... < tau_S: the chain's steps nearest to a grid uniform in log-SNR from step T to step 1
+    (Lu et al. 2022's "logSNR" steps on a discrete chain), repeats pushed up by one as in the quadratic
+    skipping, so that S = budget steps strictly increase."""
+    budget = min(budget, method.num_steps)
+    log_snr = 0.5 * (method.alpha_bars.log() - (1 - method.alpha_bars).log())  # log(alpha / sigma), steps 0..T
+    targets = torch.linspace(float(log_snr[1]), float(log_snr[method.num_steps]), budget, dtype=torch.float64)
+    nearest = (log_snr[1:, None] - targets[None]).abs().argmin(0) + 1
+    offset = torch.arange(budget)
+    steps = torch.cummax(nearest - offset, 0).values + offset
+    return steps.clamp(max=method.num_steps).tolist()
+
+
 def sample_dpm_solver_pp(method: DDPM, net, x, budget, generator, order: int = 2) -> SolverResult:
-    """DPM-Solver++(2M) (Lu et al. 2022) on DDPM's chain viewed as a path: DDIM's uniform sub-sequence
-    tau_S > ... > tau_1 > 0 as the grid and its x0_hat (clipped as DDIM's on images); order 1 is
-    ddim-eta0.0-uniform."""
-    steps = method.timesteps(budget)
+    """DPM-Solver++(2M) (Lu et al. 2022) on DDPM's chain viewed as a path: the chain's steps nearest to a
+    log-SNR-uniform grid (log_snr_timesteps), then 0, with DDIM's x0_hat (clipped as DDIM's on images); its
+    first order is DDIM (eta = 0) on those steps. On DDIM's uniform sub-sequence the second order
+    extrapolates across the large log-SNR jump of the last steps: W2 0.52 at 10 NFE on eight_gaussians
+    against DDIM's 0.20."""
+    steps = log_snr_timesteps(method, budget)
     grid = torch.tensor([*reversed(steps), 0], dtype=torch.float64) / method.num_steps
 
     def x0(x: Tensor, t: Tensor) -> Tensor:
@@ -340,5 +355,5 @@ DDPM.samplers = {
     "ancestral_posterior": SamplerSpec(sample_ancestral_posterior, description="ancestral, posterior variance"),
     "analytic_ddpm": SamplerSpec(sample_analytic_ddpm, description="Analytic-DPM, DDPM mean, optimal variance"),
     "analytic_ddim": SamplerSpec(sample_analytic_ddim, description="Analytic-DPM, DDIM mean, optimal variance"),
-    "dpm_solver_pp_2m": SamplerSpec(sample_dpm_solver_pp, description="DPM-Solver++(2M) on the chain's sub-sequence"),
+    "dpm_solver_pp_2m": SamplerSpec(sample_dpm_solver_pp, description="DPM-Solver++(2M) on log-SNR-uniform chain steps"),
 }
