@@ -178,7 +178,7 @@ def curve_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, index=index)
 
 
-def convergence_lines(frame: pd.DataFrame, params: Params, source: str) -> list[str]:
+def convergence_lines(frame: pd.DataFrame, source: str) -> list[str]:
     """The summary's convergence section (empty without convergence rows)."""
     if frame.empty or (frame.method != "data").sum() == 0:
         return []

@@ -382,7 +382,7 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
     lines += mode_lines(frame, params)
     lines += learned_lines(frame, params, None if convergence is None else convergence[0])
     if convergence is not None:
-        lines += convergence_lines(convergence[0], params, convergence[1])
+        lines += convergence_lines(convergence[0], convergence[1])
     lines += image_summary(frame, params)
     for metric in ("w2", "nll"):
         lines += [f"## {metric} against the number of function evaluations", ""]

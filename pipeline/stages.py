@@ -165,8 +165,7 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     except CheckpointError as error:
         raise StageError(str(error)) from None
     net.load_state_dict(result.ema_state)  # what the method computes once from the trained (EMA) network
-    extras = method.after_training(net.eval(), train_data.to(device), torch.Generator(device=device).manual_seed(
-        derive_seed(stage_seed, "after_training")))
+    extras = _after_training(method, net.eval(), train_data.to(device), stage_seed, device)
     save_torch(model_file(root, method_name, dataset, seed), {
         "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(data.shape),
         "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
@@ -175,6 +174,14 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return model_file(root, method_name, dataset, seed)
+
+
+def _after_training(method: Method, net: torch.nn.Module, train_data: torch.Tensor, stage_seed: int,
+                    device: torch.device) -> dict:
+    """What the method computes once from trained weights (e.g. Analytic-DPM's table), from the train
+    stage's seed: for the final weights in run_train and for each snapshot in run_convergence."""
+    generator = torch.Generator(device=device).manual_seed(derive_seed(stage_seed, "after_training"))
+    return method.after_training(net, train_data, generator)
 
 
 def load_model(root: Path, params: Params, method_name: str, dataset: str, seed: int,
@@ -439,6 +446,7 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
         caps = [method.max_budget(), params.sample.image.max_budget if data.kind == "image" else None]
         budget = min([params.evaluate.convergence_budget, *[c for c in caps if c is not None]])
         samplers = list(dict.fromkeys(sampler for sampler, _ in method.sampler_runs()))
+        stage_seed = derive_seed(seed, "train", method_name, dataset)  # run_train's, so the final step matches
         steps = sorted(snapshots, key=int)
         if progress:
             from tqdm import tqdm
@@ -446,9 +454,7 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             steps = tqdm(steps, desc=f"convergence {method_name}/{dataset}", unit="snapshot", mininterval=1.0)
         for step in steps:
             net.load_state_dict(snapshots[step])
-            stage_seed = derive_seed(seed, "train", method_name, dataset)
-            method.load_extras(method.after_training(net, train_data, torch.Generator(device=device).manual_seed(
-                derive_seed(stage_seed, "after_training"))))
+            method.load_extras(_after_training(method, net, train_data, stage_seed, device))
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
                 generator = torch.Generator(device=device).manual_seed(

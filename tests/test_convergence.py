@@ -105,6 +105,8 @@ def test_the_convergence_scores_cover_every_sampler_and_likelihood_at_every_snap
     params = load_params(_params_file(tmp_path, {"lr_schedule": "constant", "steps": 60, "snapshots": [30, 60]}))
     run_prepare(tmp_path, params, "gaussian_mixture")
     run_train(tmp_path, params, "flow_matching", "gaussian_mixture", 0, progress=False)
+    saved = torch.load(tmp_path / "models" / "flow_matching" / "gaussian_mixture" / "seed0.pt", weights_only=False)
+    assert _same(saved["snapshots"][60], saved["state_dict"])  # the last snapshot is the model the stage scores
     path = run_convergence(tmp_path, params, "flow_matching", "gaussian_mixture", 0, progress=False)
     assert path == convergence_file(tmp_path, "flow_matching", "gaussian_mixture", 0)
     frame = pd.read_csv(path)
@@ -176,10 +178,9 @@ def test_the_convergence_section_and_figure(tmp_path):
     from pipeline.convergence import convergence_figure, convergence_lines
 
     frame = _study_frame({500: [1.0, 1.1, 0.9], 1000: [0.3, 0.31, 0.29]}, {500: [0.2, 0.3, 0.1], 1000: [0.9] * 3})
-    params = load_params(_params_file(tmp_path, {}))
-    text = "\n".join(convergence_lines(frame, params, "a test"))
+    text = "\n".join(convergence_lines(frame, "a test"))
     assert "**1000 steps** on 2-D sets" in text and "Student-t" in text
     assert "moons / flow_matching (ode_euler)" in text and "1.000 ± 0.248" in text
     convergence_figure(frame, tmp_path / "convergence.png")
     assert (tmp_path / "convergence.png").stat().st_size > 1000
-    assert convergence_lines(frame[frame.method == "data"], params, "a test") == []
+    assert convergence_lines(frame[frame.method == "data"], "a test") == []
