@@ -16,7 +16,7 @@ import torch
 from pipeline.config import Params
 from pipeline.data.toy import TOY_DATASETS
 from pipeline.methods import build_method
-from pipeline.stages import resolve_device
+from pipeline.layout import resolve_device
 from pipeline.training import train
 
 

@@ -62,11 +62,8 @@ def _fail(message: str, code: int) -> None:
 
 def _run(action):
     """Validate params, run the action, and turn known errors into one line."""
-    from pipeline.config import ParamsError, load_params
-    from pipeline.data import DataError
-    from pipeline.stages import StageError
-    from pipeline.tracking import TrackingError
-    from pipeline.training import CheckpointError, TrainingDiverged
+    from pipeline.config import load_params
+    from pipeline.errors import CheckpointError, DataError, ParamsError, StageError, TrackingError, TrainingDiverged
 
     if _state["debug"]:
         return action(load_params(_state["params"]))
@@ -119,7 +116,7 @@ def prepare(dataset: str = DatasetOpt) -> None:
     The DVC stage of a data set. Every later stage depends on `evaluate` anyway, so the three steps
     share one process; `features` and `evaluate --dataset` run the last two alone.
     """
-    from pipeline.stages import run_baseline, run_features, run_prepare
+    from pipeline.prepare import run_baseline, run_features, run_prepare
 
     def action(params):
         _check_names(params, dataset=dataset)
@@ -134,7 +131,7 @@ def prepare(dataset: str = DatasetOpt) -> None:
 @app.command()
 def features(dataset: str = DatasetOpt) -> None:
     """Train an image data set's feature classifier for FID (a marker file for 2-D data sets)."""
-    from pipeline.stages import run_features
+    from pipeline.prepare import run_features
 
     def action(params):
         _check_names(params, dataset=dataset)
@@ -220,7 +217,8 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
 
     The DVC stages `run` and `prepare` take these steps after training and after the data set.
     """
-    from pipeline.stages import run_baseline, run_evaluate, run_sample
+    from pipeline.prepare import run_baseline
+    from pipeline.stages import run_evaluate, run_sample
 
     def action(params):
         _check_names(params, method, dataset, seed if method else None, derived=True)

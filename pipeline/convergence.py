@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
-from pipeline.stages import baseline_file, convergence_file, evaluated_methods
+from pipeline.layout import baseline_file, convergence_file
 
 #: where the study profile's gathered table is kept for other profiles' reports
 STUDY = Path("reports") / "studies" / "convergence.csv"
@@ -43,7 +43,7 @@ def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
     frames = []
     for dataset in params.datasets:
         runs = []
-        for method in evaluated_methods(params):
+        for method in params.evaluated_methods():
             for seed in params.seeds:
                 path = convergence_file(root, method, dataset, seed)
                 if path.exists():

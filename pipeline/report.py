@@ -18,8 +18,9 @@ from pipeline.convergence import STUDY as CONVERGENCE_STUDY
 from pipeline.convergence import collect_convergence, convergence_figure, convergence_lines
 from pipeline.io import atomic_directory, write_text
 from pipeline.data import DATASETS
-from pipeline.stages import (StageError, baseline_file, evaluated_methods, features_metrics_file, load_samples,
-                             loss_file, metrics_file, samples_file)
+from pipeline.errors import StageError
+from pipeline.layout import (baseline_file, data_file, features_metrics_file, load_samples, loss_file, metrics_file,
+                             samples_file)
 
 #: (line style, marker) per method, so that curves stay distinguishable once colours repeat
 LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v"), ("--", "P"), (":", "X"), ("-.", "*")]
@@ -56,11 +57,11 @@ def collect_results(root: Path, params: Params) -> pd.DataFrame:
         if DATASETS[dataset] == "image":
             rows += _rows_from_table(_read_json(features_metrics_file(root, dataset)), dataset, "features",
                                      params.data.seed)
-        for method in evaluated_methods(params):
+        for method in params.evaluated_methods():
             for seed in params.seeds:
                 rows += _rows_from_table(_read_json(metrics_file(root, method, dataset, seed)), dataset, method, seed)
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    order = {name: i for i, name in enumerate(["data", *evaluated_methods(params)])}
+    order = {name: i for i, name in enumerate(["data", *params.evaluated_methods()])}
     dataset_order = {name: i for i, name in enumerate(params.datasets)}
     frame = frame.assign(_m=frame.method.map(order), _d=frame.dataset.map(dataset_order))
     frame = frame.sort_values(["_d", "_m", "sampler", "nfe", "seed", "metric"], kind="stable")
@@ -104,7 +105,7 @@ def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE
             label += f" ({nfe})"
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = label
     columns = [f"{d} {m}" for d in names for m in metrics]
-    order = ["data", *evaluated_methods(params)]
+    order = ["data", *params.evaluated_methods()]
     keys = sorted(cells, key=lambda k: (order.index(k[0]), k[1]))
     table = pd.DataFrame([[cells[k].get(c, "—") for c in columns] for k in keys], columns=columns,
                          index=[f"{m} / {s}" for m, s in keys])
@@ -203,7 +204,7 @@ def mode_table(frame: pd.DataFrame, params: Params, shown: tuple[str, ...] = ("c
         text = f"{int(value)}" if metric == "modes" and value == int(value) else f"{value:.3f}"
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = text
     columns = [f"{d} {m}" for d in toy for m in shown if f"{d} {m}" in {c for v in cells.values() for c in v}]
-    order = ["data", *evaluated_methods(params)]
+    order = ["data", *params.evaluated_methods()]
     keys = sorted(cells, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1]))
     return pd.DataFrame([[cells[k].get(c, "—") for c in columns] for k in keys], columns=columns,
                         index=[f"{m} / {s}" for m, s in keys])
@@ -239,7 +240,7 @@ def learned_table(frame: pd.DataFrame, params: Params, tolerance: float = 0.1) -
             continue
         by_method = means.loc[dataset]
         floor = by_method.loc["data"].iloc[0]
-        for method in evaluated_methods(params):
+        for method in params.evaluated_methods():
             if method not in by_method.index.get_level_values(0):
                 continue
             scores = by_method.loc[method]
@@ -369,7 +370,7 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
 def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame | None = None,
                      convergence: tuple[pd.DataFrame, str] | None = None) -> str:
     lines = ["# Benchmark summary", "",
-             f"Methods: {', '.join(evaluated_methods(params))}. Data sets: {', '.join(params.datasets)}. "
+             f"Methods: {', '.join(params.evaluated_methods())}. Data sets: {', '.join(params.datasets)}. "
              f"Seeds: {', '.join(map(str, params.seeds))}.", "",
              f"## Headline comparison (NFE closest to {params.report.headline_nfe})", "",
              "Each cell: mean (± sd over seeds, or ± standard error for one seed) and, in brackets, the NFE "
@@ -424,14 +425,13 @@ def _image_figures(root: Path, frame: pd.DataFrame, params: Params, dataset: str
     import matplotlib.pyplot as plt
 
     from pipeline import data as datasets
-    from pipeline.stages import data_file
 
     seed = params.seeds[0]
     fid = frame[(frame.dataset == dataset) & (frame.metric == "fid") & (frame.seed == seed)]
     floor = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid")].value
     panels = [(f"data (test); floor FID {floor.iloc[0]:.2f}" if len(floor) else "data (test)",
                datasets.load(data_file(root, dataset)).test)]
-    for method in evaluated_methods(params):
+    for method in params.evaluated_methods():
         index, samples = load_samples(samples_file(root, method, dataset, seed))
         first = index[0]["sampler"]
         best = max((r for r in index if r["sampler"] == first), key=lambda r: r["nfe"])
@@ -458,10 +458,9 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     import matplotlib.pyplot as plt
 
     from pipeline import data as datasets
-    from pipeline.stages import data_file
 
     seed = params.seeds[0]
-    methods = evaluated_methods(params)
+    methods = params.evaluated_methods()
     rows, cols = len(methods) + 1, len(params.datasets)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
     for j, dataset in enumerate(params.datasets):
@@ -500,7 +499,7 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
         sub = w2[(w2.dataset == dataset) & (w2.method != "data")]
         for (method, sampler), group in sub.groupby(["method", "sampler"], sort=False):
             curve = group.groupby("nfe").value.mean()
-            style = LINE_STYLES[evaluated_methods(params).index(method) % len(LINE_STYLES)]
+            style = LINE_STYLES[params.evaluated_methods().index(method) % len(LINE_STYLES)]
             ax.plot(curve.index, curve.values, marker=style[1], ls=style[0], ms=3, label=f"{method}/{sampler}")
         floor = w2[(w2.dataset == dataset) & (w2.method == "data")].value
         if len(floor):

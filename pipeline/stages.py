@@ -1,17 +1,6 @@
-"""What each DVC stage does, as functions over paths and validated params (no CLI, no DVC).
-
-Outputs (all written atomically):
-    data/<dataset>.npz                                   prepare
-    models/<method>/<dataset>/seed<k>.pt                 train (EMA weights + what made them)
-    metrics/train/<method>/<dataset>/seed<k>.csv         train (loss curve)
-    metrics/convergence/<method>/<dataset>/seed<k>.csv   convergence (scores of the train.snapshots weights)
-    samples/<method>/<dataset>/seed<k>.npz               sample (every sampler x budget)
-    metrics/<method>/<dataset>/seed<k>.json              evaluate
-    metrics/data/<dataset>.json                          baseline (the data floor)
-    models/features/<dataset>.pt                         features (image sets: the FID classifier)
-    metrics/features/<dataset>.json                      features (its accuracy)
-    reflow/<method>/<dataset>/seed<k>.npz                reflow (coupled pairs of a derived method)
-Resumable training state lives in checkpoints/ (not a DVC output, so DVC never deletes it).
+"""The run and reflow stages: train a method (or derive it by reflow), sample with every sampler x
+budget, score the samples and the likelihoods, and score each training snapshot (pipeline.layout
+lists the files). Functions over paths and validated params: no CLI, no DVC.
 """
 
 from __future__ import annotations
@@ -26,119 +15,15 @@ import torch
 from pipeline import data as datasets
 from pipeline.config import Params
 from pipeline.data.images import dequantize
-from pipeline.io import derive_seed, hash_config, save_torch, sha256_file, write_json, write_npz, write_text
-from pipeline.methods import DERIVED_METHODS, build_method
+from pipeline.errors import CheckpointError, StageError
+from pipeline.evaluation import SampleScorer, bits_per_dim, clean_value, record_metric
+from pipeline.io import derive_seed, hash_config, sha256_file, write_json, write_npz, write_text
+from pipeline.layout import (CONVERGENCE_COLUMNS, convergence_file, data_file, loss_file, metrics_file, model_file,
+                             reflow_pairs_file, resolve_device, run_key, load_samples, samples_file)
+from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
-from pipeline.metrics import prdc_scores, structure_scores, w2_exact
-from pipeline.training import CheckpointError, train
-
-MODEL_FORMAT = 2  # 2: affine methods' networks are preconditioned (weights under `inner.`)
-
-
-class StageError(Exception):
-    """A user-fixable problem in a stage's inputs; the message says what to do."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StageError("device: cuda was asked for but no CUDA device is available; set device: auto or cpu")
-    return torch.device(name)
-
-
-def data_file(root: Path, dataset: str) -> Path:
-    return root / "data" / f"{dataset}.npz"
-
-
-def model_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "models" / method / dataset / f"seed{seed}.pt"
-
-
-def loss_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "metrics" / "train" / method / dataset / f"seed{seed}.csv"
-
-
-def samples_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "samples" / method / dataset / f"seed{seed}.npz"
-
-
-def metrics_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "metrics" / method / dataset / f"seed{seed}.json"
-
-
-def baseline_file(root: Path, dataset: str) -> Path:
-    return root / "metrics" / "data" / f"{dataset}.json"
-
-
-def reflow_pairs_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "reflow" / method / dataset / f"seed{seed}.npz"
-
-
-def evaluated_methods(params: Params) -> list[str]:
-    """Every method with a model: params.yaml's methods, each followed by those `reflow` derives from it."""
-    names: list[str] = []
-    for name in params.methods:
-        names += [name, *(derived for derived in params.reflow if DERIVED_METHODS[derived] == name)]
-    return names
-
-
-def method_section(params: Params, method_name: str):
-    """The params.yaml section of a method (a derived method shares its source's)."""
-    return params.method_config(DERIVED_METHODS.get(method_name, method_name))
-
-
-def run_key(sampler: str, budget: int | None) -> str:
-    return f"{sampler}@{budget if budget is not None else 'adaptive'}"
-
-
-# ---------------------------------------------------------------- prepare
-
-
-def run_prepare(root: Path, params: Params, dataset: str) -> Path:
-    seed = derive_seed(params.data.seed, "prepare", dataset)
-    return datasets.prepare(dataset, data_file(root, dataset), params.data, seed, root)
-
-
-# ---------------------------------------------------------------- features
-
-
-def features_file(root: Path, dataset: str) -> Path:
-    return root / "models" / "features" / f"{dataset}.pt"
-
-
-def features_metrics_file(root: Path, dataset: str) -> Path:
-    return root / "metrics" / "features" / f"{dataset}.json"
-
-
-def run_features(root: Path, params: Params, dataset: str) -> Path:
-    """Train the feature classifier of an image data set (pipeline.features) and record its accuracy.
-
-    2-D data sets get a marker file and an empty metrics file instead, so that this step can run over
-    every data set and the run stages can depend on its output uniformly.
-    """
-    from pipeline.features import CLASSIFIER_FORMAT, classifier_record, train_classifier
-
-    data = datasets.load(data_file(root, dataset))
-    if data.kind != "image":
-        save_torch(features_file(root, dataset), {"format": CLASSIFIER_FORMAT, "kind": data.kind,
-                                                  "note": "no feature classifier: FID is for image data"})
-        write_json(features_metrics_file(root, dataset), {})
-        return features_file(root, dataset)
-    if "train" not in data.labels or "test" not in data.labels:
-        raise StageError(f"{data_file(root, dataset)} has no class labels; run `dvc repro prepare@{dataset}` again")
-    device = resolve_device(params.device)
-    result = train_classifier(torch.from_numpy(data.train), torch.from_numpy(data.labels["train"]),
-                              torch.from_numpy(data.test), torch.from_numpy(data.labels["test"]),
-                              params.evaluate.image.classifier, derive_seed(params.data.seed, "features", dataset),
-                              device)
-    save_torch(features_file(root, dataset),
-               classifier_record(result, sha256_file(data_file(root, dataset)), list(data.shape)))
-    table: dict = {}
-    _record(table, "classifier", 0, "test_accuracy", result.test_accuracy)
-    _record(table, "classifier", 0, "train_accuracy", result.train_accuracy)
-    write_json(features_metrics_file(root, dataset), table)
-    return features_file(root, dataset)
+from pipeline.store import load_model, reflow_settings, save_model
+from pipeline.training import train
 
 
 # ---------------------------------------------------------------- train
@@ -166,11 +51,8 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
         raise StageError(str(error)) from None
     net.load_state_dict(result.ema_state)  # what the method computes once from the trained (EMA) network
     extras = _after_training(method, net.eval(), train_data.to(device), stage_seed, device)
-    save_torch(model_file(root, method_name, dataset, seed), {
-        "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(data.shape),
-        "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
-        "extras": extras, "snapshots": result.snapshots,
-    })
+    save_model(model_file(root, method_name, dataset, seed), recipe, identity, data.shape, result.ema_state,
+               extras, result.snapshots)
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return model_file(root, method_name, dataset, seed)
@@ -184,49 +66,6 @@ def _after_training(method: Method, net: torch.nn.Module, train_data: torch.Tens
     return method.after_training(net, train_data, generator)
 
 
-def load_model(root: Path, params: Params, method_name: str, dataset: str, seed: int,
-               device: torch.device) -> tuple[Method, torch.nn.Module]:
-    """Rebuild the method and its EMA network; refuse a model made by other parameters."""
-    path = model_file(root, method_name, dataset, seed)
-    if not path.exists():
-        stage = f"{'reflow' if method_name in DERIVED_METHODS else 'run'}@{method_name}-{dataset}-{seed}"
-        raise StageError(f"{path} is missing; run `dvc repro {stage}` first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise StageError(f"{path} is unreadable ({type(error).__name__}); run `dvc repro` to retrain") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise StageError(f"{path} is not a model file of this pipeline; run `dvc repro` to retrain")
-    recipe = saved["recipe"]
-    config = method_section(params, method_name)
-    source = DERIVED_METHODS.get(method_name, method_name)
-    if recipe["method"] != method_name or recipe["method_config"] != config.model_dump():
-        raise StageError(f"{path} was trained as {recipe['method']!r} with other parameters than params.yaml's "
-                         f"methods.{source}; run `dvc repro` to retrain")
-    if method_name in DERIVED_METHODS and recipe.get("reflow") != _reflow_settings(params, method_name).model_dump():
-        raise StageError(f"{path} was made with other settings than params.yaml's reflow.{method_name}; "
-                         f"run `dvc repro` to remake it")
-    method = build_method(method_name, config, tuple(saved["data_shape"]))
-    net = method.make_network(_network_from_dict(recipe["network"]))
-    net.load_state_dict(saved["state_dict"])
-    net.to(device).eval()
-    method.load_extras(saved.get("extras", {}))
-    return method, net
-
-
-def _reflow_settings(params: Params, method_name: str):
-    if method_name not in params.reflow:
-        raise StageError(f"{method_name} is not in params.yaml's reflow section "
-                         f"({', '.join(params.reflow) or 'empty'})")
-    return params.reflow[method_name]
-
-
-def _network_from_dict(section: dict):
-    from pipeline.config import NetworkSection
-
-    return NetworkSection.model_validate(section)
-
-
 # ---------------------------------------------------------------- reflow
 
 
@@ -234,10 +73,11 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
                progress: bool = True) -> Path:
     """Reflow (Liu et al. 2023, Alg. 1): coupled pairs (Z0, ODE(Z0)) of the source flow, then the derived
     flow trained on them by the one training loop, starting from the source's EMA weights."""
-    if method_name not in DERIVED_METHODS:
-        raise StageError(f"--method {method_name!r} is not a derived method ({', '.join(DERIVED_METHODS)})")
-    source = DERIVED_METHODS[method_name]
-    reflow = _reflow_settings(params, method_name)
+    if not params.is_derived(method_name):
+        raise StageError(f"--method {method_name!r} is not a derived method of params.yaml's reflow section "
+                         f"({', '.join(params.reflow) or 'empty'})")
+    source = params.source_method(method_name)
+    reflow = reflow_settings(params, method_name)
     device = resolve_device(params.device)
     method, source_net = load_model(root, params, source, dataset, seed, device)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "reflow", method_name, dataset))
@@ -250,7 +90,7 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     settings = params.train_settings(source, datasets.DATASETS[dataset]).model_copy(
         update=reflow.train.for_kind(datasets.DATASETS[dataset]))
     recipe = {"method": method_name, "source": source, "dataset": dataset, "seed": seed,
-              "method_config": method_section(params, method_name).model_dump(), "reflow": reflow.model_dump(),
+              "method_config": params.method_config(method_name).model_dump(), "reflow": reflow.model_dump(),
               "train": settings.model_dump(), "network": source_recipe["network"],
               "source_sha256": sha256_file(source_path),
               "pairs_sha256": sha256_file(pairs_path)}
@@ -263,10 +103,7 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
         result = train(net, method.pair_loss, pairs, settings, stage_seed, checkpoint, identity, device, progress)
     except CheckpointError as error:
         raise StageError(str(error)) from None
-    save_torch(model_file(root, method_name, dataset, seed), {
-        "format": MODEL_FORMAT, "recipe": recipe, "identity": identity, "data_shape": list(method.data_shape),
-        "state_dict": result.ema_state, "time_convention": "t in [0, 1], t = 0 data, t = 1 noise",
-    })
+    save_model(model_file(root, method_name, dataset, seed), recipe, identity, method.data_shape, result.ema_state)
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return model_file(root, method_name, dataset, seed)
@@ -314,75 +151,32 @@ def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int
     return torch.cat(chunks).numpy(), nfe
 
 
-def load_samples(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
-    if not path.exists():
-        raise StageError(f"{path} is missing; run the sample stage first (`dvc repro`)")
-    with np.load(path) as archive:
-        index = json.loads(str(archive["index"]))
-        return index, {row["key"]: archive[row["key"]] for row in index}
-
-
-# ---------------------------------------------------------------- evaluate
-
-
-def _record(table: dict, sampler: str, nfe: int, metric: str, value: float) -> None:
-    table.setdefault(sampler, {}).setdefault(str(nfe), {})[metric] = _clean(value)
-
-
-def _clean(value: float) -> float | None:
-    value = float(value)
-    return round(value, 10) if math.isfinite(value) else None
-
-
 def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, seed: int) -> Path:
     """W2 of every sampler x budget against the test split, and the method's likelihoods."""
     device = resolve_device(params.device)
     data = datasets.load(data_file(root, dataset))
     method, net = load_model(root, params, method_name, dataset, seed, device)
     index, samples = load_samples(samples_file(root, method_name, dataset, seed))
-    scorer = _SampleScorer(root, params, dataset, data, device)
+    scorer = SampleScorer(root, params, dataset, data, device)
     table: dict = {}
     for row in index:
         metric_seed = derive_seed(seed, "evaluate", method_name, dataset, row["key"])
         for metric, value in scorer(samples[row["key"]], metric_seed).items():
-            _record(table, row["sampler"], row["nfe"], metric, value)
+            record_metric(table, row["sampler"], row["nfe"], metric, value)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
     for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, generator, device):
-        _record(table, sampler, nfe, metric, value)
+        record_metric(table, sampler, nfe, metric, value)
     # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
     context = EvalContext(rtol=params.evaluate.ode_rtol, atol=params.evaluate.ode_atol)
     for sampler, nfe, metric, value in method.trajectory_metrics(net, scorer.n, generator, context):
-        _record(table, sampler, nfe, metric, value)
+        record_metric(table, sampler, nfe, metric, value)
     # the settings each number was made with (e.g. DDPM's x0 clipping on images), beside every number
     for sampler, by_nfe in table.items():
         for nfe in by_nfe:
             for metric, value in method.protocol(sampler).items():
-                _record(table, sampler, int(nfe), metric, value)
+                record_metric(table, sampler, int(nfe), metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
-
-
-class _SampleScorer:
-    """The metrics of one set of generated samples against held-out data: W2 and the mode metrics on
-    2-D sets, FID / KID / precision / recall / sliced W2 on images (the first `n` samples)."""
-
-    def __init__(self, root: Path, params: Params, dataset: str, data, device: torch.device):
-        self.params, self.dataset, self.data, self.device = params, dataset, data, device
-        self.image = data.kind == "image"
-        if self.image:
-            self.extractor = _extractor(root, params, dataset)  # fails before any work when weights are missing
-            self.against = _fid_against(params, data)
-            self.n = min(params.evaluate.image.fid_samples, len(self.against))
-        else:
-            self.n = min(params.evaluate.w2_points, len(data.test))
-
-    def __call__(self, samples: np.ndarray, metric_seed: int) -> dict[str, float]:
-        x = samples[:self.n]
-        if self.image:
-            return _image_metrics(self.params, x, self.against[:len(x)], self.extractor, metric_seed, self.device)
-        real = self.data.test[:self.n]
-        return ({"w2": w2_exact(x, real), "w2_n": len(x)}
-                | _mode_metrics(self.params, self.dataset, self.data, x, real))
 
 
 def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data, generator: torch.Generator,
@@ -402,7 +196,7 @@ def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data,
                  (record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll))),
                  (record.sampler, record.nfe, "nll_n", len(nll))]
         if image:
-            bpd = _bits_per_dim(nll, record.estimator, method.dim)
+            bpd = bits_per_dim(nll, record.estimator, method.dim)
             rows += [(record.sampler, record.nfe, "nll_bpd", bpd.mean()),
                      (record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))]
             if record.estimator == "ode_hutchinson":
@@ -414,15 +208,8 @@ def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data,
 
 
 def _convergence_row(step: int, sampler: str, nfe: int, metric: str, value: float) -> str:
-    value = _clean(value)
+    value = clean_value(value)
     return f"{int(step)},{sampler},{nfe},{metric},{'nan' if value is None else repr(value)}"
-
-
-def convergence_file(root: Path, method: str, dataset: str, seed: int) -> Path:
-    return root / "metrics" / "convergence" / method / dataset / f"seed{seed}.csv"
-
-
-CONVERGENCE_COLUMNS = ["step", "sampler", "nfe", "metric", "value"]
 
 
 def run_convergence(root: Path, params: Params, method_name: str, dataset: str, seed: int,
@@ -438,7 +225,7 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
     rows = [",".join(CONVERGENCE_COLUMNS)]
     if snapshots:
         data = datasets.load(data_file(root, dataset))
-        scorer = _SampleScorer(root, params, dataset, data, device)
+        scorer = SampleScorer(root, params, dataset, data, device)
         train_data = method.training_data(torch.from_numpy(data.train)).to(device)
         n, batch = params.sample.n_samples, params.sample.batch_size
         if data.kind == "image":
@@ -469,105 +256,3 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
                 rows.append(_convergence_row(step, sampler, nfe, metric, value))
     write_text(convergence_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return convergence_file(root, method_name, dataset, seed)
-
-
-def _mode_metrics(params: Params, dataset: str, data, x: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    """The 2-D metrics that see modes: precision, recall, density, coverage against `real`, and the data
-    set's structure score where its law is known (pipeline.metrics)."""
-    scores = prdc_scores(real, x, params.evaluate.prdc_k)
-    law = datasets.exact_law(dataset, data.meta["mean"], data.meta["std"])
-    return scores | structure_scores(law, np.asarray(x, np.float64))
-
-
-def _extractor(root: Path, params: Params, dataset: str):
-    from pipeline.fidelity import FidelityError, resolve_extractor
-
-    try:
-        return resolve_extractor(params.evaluate.image, features_file(root, dataset), root)
-    except FidelityError as error:
-        raise StageError(str(error)) from None
-
-
-def _fid_against(params: Params, data) -> np.ndarray:
-    """The real images FID, KID, precision/recall and sliced W2 compare with (evaluate.image.fid_against)."""
-    return data.train if params.evaluate.image.fid_against == "train" else data.test
-
-
-def _image_metrics(params: Params, x: np.ndarray, real: np.ndarray, extractor, seed: int,
-                   device: torch.device) -> dict[str, float]:
-    """fid, kid, kid_sd, precision, recall (torch-fidelity) and sliced_w2 (POT) of images x against real.
-
-    Both sets are quantized to uint8 first (pipeline.data.images.to_uint8), as FID protocols ask;
-    any non-finite sample makes every metric of the run NaN.
-    """
-    from pipeline.data.images import to_model_space, to_uint8
-    from pipeline.fidelity import FidelityError, fidelity_metrics
-    from pipeline.metrics import sliced_w2
-
-    cfg = params.evaluate.image
-    metrics = {"fid": math.nan, "kid": math.nan, "kid_sd": math.nan, "precision": math.nan, "recall": math.nan,
-               "sliced_w2": math.nan}
-    if np.isfinite(x).all():
-        pixels, real_pixels = to_uint8(x), to_uint8(real)
-        try:
-            metrics = fidelity_metrics(pixels, real_pixels, extractor, cfg.kid_subset_size, cfg.prc_neighborhood,
-                                       seed, device, cfg.batch_size)
-        except FidelityError as error:
-            raise StageError(str(error)) from None
-        metrics["sliced_w2"] = sliced_w2(to_model_space(pixels), to_model_space(real_pixels),
-                                         cfg.sliced_w2_projections, seed % 2**32)
-    return metrics | {"fid_n": len(x), "sliced_w2_projections": cfg.sliced_w2_projections}
-
-
-def _bits_per_dim(nll: torch.Tensor, estimator: str, dim: int) -> torch.Tensor:
-    """Bits/dim: a discrete ELBO needs no offset (methods.md 2.12A); a density of dequantized images
-    in [-1, 1] is converted by pipeline.likelihood.bits_per_dim (+7 offset, methods.md 2.12C)."""
-    from pipeline.likelihood import bits_per_dim
-
-    return nll / (dim * math.log(2.0)) if estimator == "elbo" else bits_per_dim(nll, dim)
-
-
-def _image_baseline(root: Path, params: Params, dataset: str, data) -> dict:
-    """Real-vs-real floor: the reference split against the images FID compares with, at the same n."""
-    device = resolve_device(params.device)
-    extractor = _extractor(root, params, dataset)
-    against = _fid_against(params, data)
-    n = min(params.evaluate.image.fid_samples, len(against), len(data.reference))
-    table: dict = {}
-    metrics = _image_metrics(params, data.reference[:n], against[:n], extractor,
-                             derive_seed(params.data.seed, "baseline", dataset), device)
-    for metric, value in metrics.items():
-        _record(table, "data", 0, metric, value)
-    return table
-
-
-def run_baseline(root: Path, params: Params, dataset: str) -> Path:
-    """The data floor: W2 between disjoint reference chunks and the test split (mean and sd over chunks);
-    for images, FID / KID / precision-recall / sliced W2 of the reference split against the test split."""
-    data = datasets.load(data_file(root, dataset))
-    if data.kind == "image":
-        write_json(baseline_file(root, dataset), _image_baseline(root, params, dataset, data))
-        return baseline_file(root, dataset)
-    cfg = params.evaluate
-    n = min(cfg.w2_points, len(data.test))
-    chunks = [data.reference[k * n:(k + 1) * n] for k in range(cfg.floor_repeats) if (k + 1) * n <= len(data.reference)]
-    if not chunks:
-        raise StageError(f"data.n_reference must be at least evaluate.w2_points ({n}) to compute the data floor")
-    values = [w2_exact(chunk, data.test[:n]) for chunk in chunks]
-    table: dict = {}
-    _record(table, "data", 0, "w2", float(np.mean(values)))
-    _record(table, "data", 0, "w2_sd", float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
-    _record(table, "data", 0, "w2_n", n)
-    modes = [_mode_metrics(params, dataset, data, chunk, data.test[:n]) for chunk in chunks]
-    for metric in modes[0]:
-        scores = [m[metric] for m in modes]
-        _record(table, "data", 0, metric, float(np.mean(scores)))
-        _record(table, "data", 0, f"{metric}_sd", float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"))
-    if dataset in datasets.TOY_DATASETS:  # the true NLL of the held-out points: every 2-D law is known
-        law = datasets.exact_law(dataset, data.meta["mean"], data.meta["std"])
-        nll = -law.log_prob(torch.from_numpy(data.test[: cfg.nll_points]).double())
-        _record(table, "data", 0, "nll", nll.mean())
-        _record(table, "data", 0, "nll_se", nll.std() / math.sqrt(len(nll)))
-        _record(table, "data", 0, "nll_n", len(nll))
-    write_json(baseline_file(root, dataset), table)
-    return baseline_file(root, dataset)

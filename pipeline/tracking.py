@@ -19,18 +19,16 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
-from pipeline.methods import DERIVED_METHODS
+from pipeline.errors import TrackingError
 from pipeline.io import sha256_bytes
-from pipeline.stages import StageError, convergence_file, evaluated_methods, loss_file, model_file
+from pipeline.errors import StageError
+from pipeline.layout import convergence_file, loss_file, model_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
 PUBLISH_STAGE = "publish"
 
-
-class TrackingError(Exception):
-    """The tracking server or store cannot be used; the message says what to do."""
 
 
 def tracking_uri(root: Path) -> str:
@@ -101,7 +99,7 @@ def publish(root: Path, params: Params) -> str:
         if figures.exists():
             mlflow.log_artifacts(str(figures), "figures")
         for dataset in params.datasets:
-            for method in evaluated_methods(params):
+            for method in params.evaluated_methods():
                 for seed in params.seeds:
                     _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id)
         return parent.info.run_id
@@ -119,7 +117,7 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
     with mlflow.start_run(run_name=f"{method}-{dataset}-{seed}", nested=True, tags=run_tags,
                           parent_run_id=parent_id) as run:
         if method in params.reflow:
-            source = DERIVED_METHODS[method]
+            source = params.source_method(method)
             settings = {"reflow": params.reflow[method].model_dump(), "source": source,
                         "method": params.method_config(source).model_dump()}
         else:

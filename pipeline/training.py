@@ -19,19 +19,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from pipeline.errors import CheckpointError, TrainingDiverged
 from pipeline import rng
-from pipeline.config import TrainSettings
+from pipeline.schema import TrainSettings
 from pipeline.io import save_torch, sha256_bytes
 
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingDiverged(Exception):
-    """A non-finite loss or gradient; the last good checkpoint is kept."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is truncated or was made by other parameters."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import MLPSettings, NetworkSection
+from pipeline.schema import MLPSettings, NetworkSection
 from pipeline.methods.analytic_dpm import (mean_square_eps, optimal_variance, x0_variance, x0_variance_bound)
 from pipeline.methods.base import EvalContext
 from pipeline.methods.ddpm import DDPM, DDPMConfig

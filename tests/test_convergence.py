@@ -14,8 +14,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ParamsError, TrainSettings, load_params
-from pipeline.stages import CONVERGENCE_COLUMNS, convergence_file, run_convergence, run_prepare, run_train
+from pipeline.config import ParamsError, load_params
+from pipeline.schema import TrainSettings
+from pipeline.layout import CONVERGENCE_COLUMNS, convergence_file
+from pipeline.prepare import run_prepare
+from pipeline.stages import run_convergence, run_train
 from pipeline.training import train
 
 

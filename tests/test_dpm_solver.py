@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import NetworkSection
+from pipeline.schema import NetworkSection
 from pipeline.methods.ddpm import DDPM, DDPMConfig, log_snr_timesteps, sample_dpm_solver_pp
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods.rectified_flow import RectifiedFlow

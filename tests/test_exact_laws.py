@@ -105,7 +105,8 @@ def test_sampler_fed_the_exact_checkerboard_score_reproduces_it():
 
 def test_baseline_records_the_true_nll_of_every_two_d_set(tmp_path):
     from pipeline import data as datasets
-    from pipeline.stages import baseline_file, data_file, run_baseline
+    from pipeline.layout import baseline_file, data_file
+    from pipeline.prepare import run_baseline
 
     params = Params.model_validate({"datasets": ["moons"], "methods": {"flow_matching": {}},
                                     "data": {"n_train": 2000, "n_test": 1000, "n_reference": 1000},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ClassifierSettings, ImageEvaluateSettings
+from pipeline.schema import ClassifierSettings, ImageEvaluateSettings
 from pipeline.data.images import dequantize, load_digits_pool, split_pool, to_model_space
 from pipeline.features import classifier_record, load_classifier, train_classifier
 from pipeline.fidelity import (CLASSIFIER_EXTRACTOR, INCEPTION_EXTRACTOR, Extractor, FidelityError, PixelImages,

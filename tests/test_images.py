@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from pipeline import data as datasets
-from pipeline import stages
-from pipeline.config import ImageSourceSettings, ParamsError, load_params
+from pipeline import layout, prepare, stages
+from pipeline.config import ParamsError, load_params
+from pipeline.schema import ImageSourceSettings
 from pipeline.data import DataError
 from pipeline.data.images import dequantize, prepare_image, to_model_space, to_uint8
 from pipeline.likelihood import pixel_grid
@@ -173,13 +174,13 @@ def test_image_params_mistakes_are_one_line_errors(tmp_path, change, expected):
 
 
 def _run_image_path(root: Path, params, dataset: str) -> None:
-    stages.run_prepare(root, params, dataset)
-    stages.run_features(root, params, dataset)
+    prepare.run_prepare(root, params, dataset)
+    prepare.run_features(root, params, dataset)
     for method in params.methods:
         stages.run_train(root, params, method, dataset, 0, progress=False)
         stages.run_sample(root, params, method, dataset, 0, progress=False)
         stages.run_evaluate(root, params, method, dataset, 0)
-    stages.run_baseline(root, params, dataset)
+    prepare.run_baseline(root, params, dataset)
 
 
 def _metrics(path: Path) -> dict:
@@ -208,22 +209,22 @@ def test_every_stage_runs_on_digits_with_a_tiny_unet(tmp_path):
     }))
     _run_image_path(tmp_path, params, "digits")
 
-    flow = _metrics(stages.metrics_file(tmp_path, "flow_matching", "digits", 0))
+    flow = _metrics(layout.metrics_file(tmp_path, "flow_matching", "digits", 0))
     for metric in FIDELITY:
         assert np.isfinite(flow["ode_euler"]["5"][metric])
     assert flow["ode_euler"]["5"]["fid_n"] == 40 and flow["ode_euler"]["5"]["fid"] > 0
     (likelihood,) = [row for row in flow["ode_rk45"].values() if "nll_bpd" in row]
     assert likelihood["nll_probes"] == 1 and likelihood["nll_bpd_se"] > 0 and likelihood["nll_n"] == 6
 
-    ddpm = _metrics(stages.metrics_file(tmp_path, "ddpm", "digits", 0))
+    ddpm = _metrics(layout.metrics_file(tmp_path, "ddpm", "digits", 0))
     assert "fid" in ddpm["ancestral_beta"]["5"] and "fid" not in ddpm["ancestral_beta"]["50"]  # max_budget
     for budget in ("5", "50"):  # the discrete-decoder ELBO: a bound on an 8-bit NLL, never below 0 bits
         assert ddpm["ancestral_beta"][budget]["nll_bpd"] > 0
         assert ddpm["ancestral_beta"][budget]["clip_x0"] == 1  # the papers' x0 clipping, recorded beside it
 
-    floor = _metrics(stages.baseline_file(tmp_path, "digits"))["data"]["0"]
+    floor = _metrics(layout.baseline_file(tmp_path, "digits"))["data"]["0"]
     assert 0 <= floor["fid"] < flow["ode_euler"]["5"]["fid"] and floor["fid_n"] == 40
-    accuracy = _metrics(stages.features_metrics_file(tmp_path, "digits"))["classifier"]["0"]["test_accuracy"]
+    accuracy = _metrics(layout.features_metrics_file(tmp_path, "digits"))["classifier"]["0"]["test_accuracy"]
     assert 0 < accuracy <= 1
 
     run_report(tmp_path, params)
@@ -264,16 +265,16 @@ def test_cifar10_profile_is_valid_and_runs_at_tiny_sizes(tmp_path, monkeypatch):
     tiny["reflow"] = {}
     params = load_params(_write_params(tmp_path, tiny))
 
-    stages.run_prepare(tmp_path, params, "cifar10")
-    stages.run_features(tmp_path, params, "cifar10")
-    with pytest.raises(stages.StageError) as error:  # the profile's Inception FID: the weights are not here
-        stages.run_baseline(tmp_path, params, "cifar10")
+    prepare.run_prepare(tmp_path, params, "cifar10")
+    prepare.run_features(tmp_path, params, "cifar10")
+    with pytest.raises(layout.StageError) as error:  # the profile's Inception FID: the weights are not here
+        prepare.run_baseline(tmp_path, params, "cifar10")
     assert "inception_weights" in str(error.value) and "\n" not in str(error.value)
 
     tiny["evaluate"]["image"].update(extractor="classifier", inception_weights=None)
     params = load_params(_write_params(tmp_path, tiny))
     _run_image_path(tmp_path, params, "cifar10")
-    assert datasets.load(stages.data_file(tmp_path, "cifar10")).shape == (3, 32, 32)
-    flow = _metrics(stages.metrics_file(tmp_path, "flow_matching", "cifar10", 0))
+    assert datasets.load(layout.data_file(tmp_path, "cifar10")).shape == (3, 32, 32)
+    flow = _metrics(layout.metrics_file(tmp_path, "flow_matching", "cifar10", 0))
     assert all(np.isfinite(flow["ode_euler"]["3"][metric]) for metric in FIDELITY)
     assert flow["ode_euler"]["3"]["fid_n"] == 5  # against 5 training images (fid_against: train)

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from pipeline.methods.base import EvalContext
-from pipeline.config import MLPSettings, NetworkSection, TrainSettings
+from pipeline.schema import MLPSettings, NetworkSection, TrainSettings
 from pipeline.data import prepare_toy
 from pipeline.methods.pfgm import (PFGM, ExactFieldNetwork, PFGMConfig, empirical_field, exact_z_component,
                                    field_scale, normalized_field)

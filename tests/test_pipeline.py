@@ -125,3 +125,38 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
     assert (smoke_repo / "dvc.lock").read_text() == lock_before
+
+
+def _stale_stages(repo: Path) -> set[str]:
+    """Stages whose recorded dependencies changed (`dvc status`), without the always-run publish."""
+    import json
+
+    status = json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+    return {name for name, changes in status.items() if changes != ["always changed"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edited, expected", [
+    ("pipeline/report.py", {"report"}),
+    ("pipeline/training.py", {"run", "reflow"}),
+    ("pipeline/evaluation.py", {"prepare", "run", "reflow"}),
+    ("pipeline/data/toy.py", {"prepare", "run", "reflow", "report", "publish"}),
+])
+def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(smoke_repo, edited, expected):
+    """An edit re-runs only what imports the code (dvc.yaml's deps, kept exact by tests/test_dependencies.py):
+    editing the report's code retrains nothing."""
+    stages = yaml.safe_load((smoke_repo / "dvc.yaml").read_text())["stages"]
+    assert _stale_stages(smoke_repo) == set()
+    path = smoke_repo / edited
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        stale = _stale_stages(smoke_repo)
+    finally:
+        path.write_bytes(original)
+    assert {name.split("@")[0] for name in stale} == expected
+    if "run" in expected:  # every run stage of the profile, not some
+        params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+        runs = {name for name in stale if name.startswith("run@")}
+        assert len(runs) == len(params["methods"]) * len(params["datasets"]) * len(params["seeds"])
+    assert "publish" in stages and _stale_stages(smoke_repo) == set()

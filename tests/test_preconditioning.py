@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import MLPSettings, NetworkSection, TrainSettings
+from pipeline.schema import MLPSettings, NetworkSection, TrainSettings
 from pipeline.methods.base import Method
 from pipeline.methods.ddpm import DDPM, DDPMConfig
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
@@ -145,7 +145,7 @@ def test_a_preconditioned_network_fitted_to_a_standard_normal_keeps_large_draws(
 def test_the_unet_gets_the_same_preconditioned_output():
     """The U-Net ends in GroupNorm -> SiLU -> conv, bounded as the MLP's head: it is preconditioned the same way,
     so at t = 1 even an untrained eps-network returns about x_t, however large x_t is."""
-    from pipeline.config import UNetSettings
+    from pipeline.schema import UNetSettings
 
     method = DDPM(DDPMConfig(), (1, 8, 8))
     net = method.make_network(NetworkSection(unet=UNetSettings(channels=8, norm_groups=4)))

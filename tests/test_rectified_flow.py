@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Params, TrainSettings
+from pipeline.config import Params
+from pipeline.schema import TrainSettings
 from pipeline.data.toy import two_moons
 from pipeline.methods.base import EvalContext
-from pipeline.methods.rectified_flow import RectifiedFlow, RectifiedFlowConfig, flow_path_metrics
+from pipeline.methods.affine import flow_path_metrics
+from pipeline.methods.rectified_flow import RectifiedFlow, RectifiedFlowConfig
 from pipeline.nets.mlp import MLP
 from pipeline.oracle import GaussianMixture
 from pipeline.parameterization import Prediction
@@ -100,7 +102,7 @@ def test_reflow_straightens_the_flow_on_moons(tmp_path):
 def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
     """run_reflow: the pairs file holds (Z0, ODE_1(Z0)) of models/rectified_flow; rectified_flow_2 loads and
     is refused once its reflow settings change."""
-    from pipeline import stages
+    from pipeline import layout, prepare, stages
 
     raw = {"datasets": ["moons"], "device": "cpu",
            "data": {"n_train": 600, "n_test": 200, "n_reference": 200},
@@ -110,11 +112,11 @@ def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
            "methods": {"rectified_flow": {"budgets": [2]}},
            "reflow": {"rectified_flow_2": {"n_pairs": 300, "solve_batch": 128, "train": {"steps": 20}}}}
     params = Params.model_validate(raw)
-    stages.run_prepare(tmp_path, params, "moons")
+    prepare.run_prepare(tmp_path, params, "moons")
     stages.run_train(tmp_path, params, "rectified_flow", "moons", 0, progress=False)
     stages.run_reflow(tmp_path, params, "rectified_flow_2", "moons", 0, progress=False)
     method, first = stages.load_model(tmp_path, params, "rectified_flow", "moons", 0, torch.device("cpu"))
-    with np.load(stages.reflow_pairs_file(tmp_path, "rectified_flow_2", "moons", 0)) as pairs:
+    with np.load(layout.reflow_pairs_file(tmp_path, "rectified_flow_2", "moons", 0)) as pairs:
         noise, coupled = torch.from_numpy(pairs["noise"]), torch.from_numpy(pairs["data"])
     assert noise.shape == coupled.shape == (300, 2)
     with torch.no_grad():
@@ -122,7 +124,7 @@ def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
     torch.testing.assert_close(coupled, direct, rtol=1e-4, atol=1e-4)
     _, second = stages.load_model(tmp_path, params, "rectified_flow_2", "moons", 0, torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    assert stages.evaluated_methods(params) == ["rectified_flow", "rectified_flow_2"]
+    assert params.evaluated_methods() == ["rectified_flow", "rectified_flow_2"]
     raw["reflow"]["rectified_flow_2"]["n_pairs"] = 200
     with pytest.raises(stages.StageError, match="reflow.rectified_flow_2"):
         stages.load_model(tmp_path, Params.model_validate(raw), "rectified_flow_2", "moons", 0, torch.device("cpu"))

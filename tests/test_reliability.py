@@ -21,8 +21,10 @@ from typer.testing import CliRunner
 
 import pipeline.io as pio
 from pipeline.cli import app
-from pipeline.config import TrainSettings, load_params
-from pipeline.stages import model_file, run_prepare
+from pipeline.config import load_params
+from pipeline.schema import TrainSettings
+from pipeline.layout import model_file
+from pipeline.prepare import run_prepare
 from pipeline.training import CheckpointError, TrainingDiverged, load_checkpoint, train
 
 #: a run small enough for seconds on one core: 200 steps of a 2x32 MLP, a checkpoint every 7 steps
@@ -275,7 +277,7 @@ def test_sigkill_during_a_write_leaves_no_partial_output(tmp_path):
         from pathlib import Path
         import pipeline.io as pio
         from pipeline.config import load_params
-        from pipeline.stages import run_prepare
+        from pipeline.prepare import run_prepare
         pio.FAULT_HOOK = lambda path: os.kill(os.getpid(), signal.SIGKILL)
         root = Path({str(root)!r})
         run_prepare(root, load_params(root / "params.yaml"), "moons")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipeline import rng
-from pipeline.config import MLPSettings, NetworkSection
+from pipeline.schema import MLPSettings, NetworkSection
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods import METHODS
 from pipeline.methods.base import EvalContext

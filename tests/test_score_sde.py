@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import NetworkSection
+from pipeline.schema import NetworkSection
 from pipeline.methods import METHODS
 from pipeline.methods.base import EvalContext
 from pipeline.metrics import w2_exact

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import NetworkSection
+from pipeline.schema import NetworkSection
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods.base import EvalContext
 from pipeline.methods.smld import SMLD, SMLDConfig

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.methods.base import EvalContext
 from pipeline.methods.ddpm import DDPM, DDPMConfig, skipped_timesteps
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
@@ -107,7 +107,7 @@ def test_skipped_timesteps_are_even_and_start_at_one():
 
 
 def test_flow_matching_loss_is_per_sample_and_reaches_every_parameter():
-    from pipeline.config import NetworkSection
+    from pipeline.schema import NetworkSection
     from pipeline.nets import build_network
 
     for method in (_oracle_method("ddpm"), _oracle_method("flow_matching")):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import UNetSettings
+from pipeline.schema import UNetSettings
 from pipeline.nets import build_network
 from pipeline.nets.unet import SelfAttention, UNet
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import DataError
 from pipeline.data.images import IMAGE_DATASETS, ImageSourceError, prepare_image
 from pipeline.data.toy import STANDARDIZED, TOY_DATASETS, exact_law
 from pipeline.io import write_npz
@@ -21,9 +22,6 @@ from pipeline.io import write_npz
 #: every data set name accepted in params.yaml -> its kind ("toy" or "image")
 DATASETS: dict[str, str] = {name: "toy" for name in TOY_DATASETS} | {name: "image" for name in IMAGE_DATASETS}
 
-
-class DataError(Exception):
-    """A missing or unusable data file; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.nets import build_network
 from pipeline.solvers import SolverResult
 

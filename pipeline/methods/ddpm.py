@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from pipeline import rng
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.analytic_dpm import AnalyticTable, estimate_table
 from pipeline.likelihood import discretized_gaussian_log_likelihood, pixel_grid

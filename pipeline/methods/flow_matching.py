@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from pipeline import rng
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
 from pipeline.parameterization import Prediction
 from pipeline.paths import LinearPath

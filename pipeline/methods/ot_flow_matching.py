@@ -37,6 +37,7 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from pipeline import rng
+from pipeline.methods.affine import flow_path_metrics
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.metrics import import_pot
@@ -93,6 +94,4 @@ class OTFlowMatching(FlowMatching):
     def trajectory_metrics(self, net: nn.Module, n: int, generator: torch.Generator,
                            context: EvalContext) -> list[tuple[str, int, str, float]]:
         """Straightness and transport cost of the learned flow (methods.md 2.11, 5.5)."""
-        from pipeline.methods.rectified_flow import flow_path_metrics
-
         return flow_path_metrics(self, net, n, generator, context)

@@ -68,7 +68,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from pipeline import rng
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
 from pipeline.solvers import SolverResult, ode_euler, ode_rk45, uniform_grid

@@ -36,8 +36,8 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from pipeline.config import Strict, TrainOverrides
-from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
+from pipeline.schema import Strict, TrainOverrides
+from pipeline.methods.affine import ODE_SAMPLERS, device_of, flow_path_metrics
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods.ot_flow_matching import coupled_regression_loss
@@ -85,7 +85,7 @@ class RectifiedFlow(FlowMatching):
     def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
                       rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:
         """(Z0, Z1): n prior draws and their images under this flow's ODE, solved by RK45 from t = 1 to 0."""
-        device = _device_of(net)
+        device = device_of(net)
         noise, data = [], []
         for offset in range(0, n, solve_batch):
             z0 = self.prior_sample(min(solve_batch, n - offset), generator, device)
@@ -103,43 +103,3 @@ class RectifiedFlow(FlowMatching):
                            context: EvalContext) -> list[tuple[str, int, str, float]]:
         """Straightness and transport cost of the learned flow (methods.md 2.11, 5.5)."""
         return flow_path_metrics(self, net, n, generator, context)
-
-
-def _device_of(net: nn.Module) -> torch.device:
-    return next(iter(net.parameters()), torch.empty(0)).device
-
-
-def flow_path_metrics(method: AffineMethod, net: nn.Module, n: int, generator: torch.Generator,
-                      context: EvalContext, grid_points: int = 65) -> list[tuple[str, int, str, float]]:
-    """Straightness S(Z) and transport cost E||Z1 - Z0||^2 of a velocity flow, from n noise draws.
-
-    The ODE is solved by RK45 (dense output at `grid_points` uniform times); in native time
-    tau = 1 - t the velocity is minus the unified one, so the integrand is
-    ||(Z1 - Z0) + v_unified(Z_t, t)||^2, integrated by the trapezoid rule (Liu et al. 2023, def. 3.4).
-    Returned as (sampler, nfe, metric, value) rows under sampler `ode_rk45`, nfe being the solver's
-    (the grid_points evaluations of the integrand come on top).
-    """
-    from torchdiffeq import odeint
-
-    device = _device_of(net)
-    velocity = method.velocity_fn(net)
-    calls = 0
-
-    def rhs(t: Tensor, x: Tensor) -> Tensor:
-        nonlocal calls
-        calls += 1
-        return velocity(x, torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device))
-
-    z0 = method.prior_sample(n, generator, device).double()
-    times = torch.linspace(1.0, 0.0, grid_points, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        trajectory = odeint(rhs, z0, times, rtol=context.rtol, atol=context.atol, method="dopri5")
-        z1 = trajectory[-1]
-        displacement = (z1 - z0).flatten(1)
-        deviation = torch.stack([
-            (displacement + velocity(x, torch.full((n,), float(t), dtype=x.dtype, device=device)).flatten(1))
-            .pow(2).sum(1).mean() for x, t in zip(trajectory, times)])
-    straightness = torch.trapezoid(deviation, dx=1.0 / (grid_points - 1))
-    transport_cost = displacement.pow(2).sum(1).mean()
-    return [("ode_rk45", calls, "straightness", float(straightness)),
-            ("ode_rk45", calls, "transport_cost", float(transport_cost))]

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
 from pipeline.methods.base import SamplerSpec
 from pipeline.parameterization import Prediction

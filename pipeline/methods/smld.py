@@ -18,7 +18,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from pipeline import rng
-from pipeline.config import MethodConfig
+from pipeline.schema import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
 from pipeline.parameterization import Prediction, to_x0

@@ -1,0 +1,89 @@
+"""Where each stage's files live (paths under the repository root), read by the stages, the report and
+the tracking view alike; and the device a stage runs on.
+
+Outputs (all written atomically):
+    data/<dataset>.npz                                   prepare
+    models/features/<dataset>.pt                         prepare (image sets: the FID classifier)
+    metrics/features/<dataset>.json                      prepare (its accuracy)
+    metrics/data/<dataset>.json                          prepare (the data floor)
+    models/<method>/<dataset>/seed<k>.pt                 run: train (EMA weights + what made them)
+    metrics/train/<method>/<dataset>/seed<k>.csv         run: train (loss curve)
+    metrics/convergence/<method>/<dataset>/seed<k>.csv   run: convergence (scores of the train.snapshots weights)
+    samples/<method>/<dataset>/seed<k>.npz               run: sample (every sampler x budget)
+    metrics/<method>/<dataset>/seed<k>.json              run: evaluate
+    reflow/<method>/<dataset>/seed<k>.npz                reflow (coupled pairs of a derived method)
+Resumable training state lives in checkpoints/ (not a DVC output, so DVC never deletes it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import StageError
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("device: cuda was asked for but no CUDA device is available; set device: auto or cpu")
+    return torch.device(name)
+
+
+def data_file(root: Path, dataset: str) -> Path:
+    return root / "data" / f"{dataset}.npz"
+
+
+def model_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "models" / method / dataset / f"seed{seed}.pt"
+
+
+def loss_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / "train" / method / dataset / f"seed{seed}.csv"
+
+
+def samples_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "samples" / method / dataset / f"seed{seed}.npz"
+
+
+def metrics_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / method / dataset / f"seed{seed}.json"
+
+
+def baseline_file(root: Path, dataset: str) -> Path:
+    return root / "metrics" / "data" / f"{dataset}.json"
+
+
+def reflow_pairs_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "reflow" / method / dataset / f"seed{seed}.npz"
+
+
+def features_file(root: Path, dataset: str) -> Path:
+    return root / "models" / "features" / f"{dataset}.pt"
+
+
+def features_metrics_file(root: Path, dataset: str) -> Path:
+    return root / "metrics" / "features" / f"{dataset}.json"
+
+
+def convergence_file(root: Path, method: str, dataset: str, seed: int) -> Path:
+    return root / "metrics" / "convergence" / method / dataset / f"seed{seed}.csv"
+
+
+#: the columns of a convergence file, one row per (step, sampler, nfe, metric)
+CONVERGENCE_COLUMNS = ["step", "sampler", "nfe", "metric", "value"]
+
+
+def run_key(sampler: str, budget: int | None) -> str:
+    return f"{sampler}@{budget if budget is not None else 'adaptive'}"
+
+
+def load_samples(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    if not path.exists():
+        raise StageError(f"{path} is missing; run the sample stage first (`dvc repro`)")
+    with np.load(path) as archive:
+        index = json.loads(str(archive["index"]))
+        return index, {row["key"]: archive[row["key"]] for row in index}

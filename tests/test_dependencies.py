@@ -1,0 +1,151 @@
+"""The package's import graph: no cycles, and dvc.yaml's code dependencies exactly what each stage imports.
+
+A stage's code is the modules its `pipeline <command>` imports, followed through every import (those
+inside functions too), with one edge left out: pipeline.config imports the method registry only to
+validate the method sections of params.yaml, which cannot change an output of a stage that does not
+run a method (a method's defaults reach the report through the run stages' outputs). A directory in
+dvc.yaml's deps stands for every module under it.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "pipeline"
+
+#: (importing module, imported module) edges that carry no output-changing code (see the docstring)
+VALIDATION_ONLY = {("pipeline.config", "pipeline.methods")}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imported(nodes, packages: bool = True) -> set[str]:
+    """pipeline modules named by the import statements among `nodes`, with the packages above them (which
+    Python runs first) unless `packages` is false."""
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            names |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                      for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.split(".")[0] == "pipeline"}
+    if not packages:
+        return names
+    with_packages = set()
+    for name in names:
+        parts = name.split(".")
+        with_packages |= {".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in MODULES}
+    return with_packages
+
+
+def imports_of(module: str, packages: bool = True) -> set[str]:
+    return _imported(ast.walk(ast.parse(MODULES[module].read_text())), packages) - {module}
+
+
+def closure(modules: set[str], skip=VALIDATION_ONLY) -> set[str]:
+    """The modules reached from `modules`; the CLI's own imports are each command's (command_modules)."""
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            if module != "pipeline.cli":
+                todo += [imported for imported in imports_of(module) if (module, imported) not in skip]
+    return seen
+
+
+def _command_name(function: ast.FunctionDef) -> str | None:
+    """The name `@app.command()` or `@app.command("name")` gives a function, None for other functions."""
+    for decorator in function.decorator_list:
+        if isinstance(decorator, ast.Call) and getattr(decorator.func, "attr", None) == "command":
+            return decorator.args[0].value if decorator.args else function.name
+    return None
+
+
+def command_modules(command: str) -> set[str]:
+    """What `pipeline <command>` imports: cli.py's module level, its error handling (_run) and the command."""
+    tree = ast.parse(MODULES["pipeline.cli"].read_text())
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    commands = {_command_name(node): node for node in functions}
+    helpers = [node for node in functions if node.name == "_run"]
+    top_level = [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    nodes = top_level + [n for function in helpers + [commands[command]] for n in ast.walk(function)]
+    return {"pipeline.cli", "pipeline"} | _imported(nodes)
+
+
+def stage_code(command: str) -> set[str]:
+    """Files (relative to the repository) of the code a stage's command runs."""
+    return {MODULES[module].relative_to(REPO).as_posix() for module in closure(command_modules(command))}
+
+
+def declared_code(stage: dict) -> set[str]:
+    files = set()
+    for dep in stage["deps"]:
+        path = REPO / dep
+        if dep.startswith("pipeline"):
+            files |= ({p.relative_to(REPO).as_posix() for p in path.rglob("*.py")} if path.is_dir() else {dep})
+    return files
+
+
+def _stages():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize("stage", ["prepare", "run", "reflow", "report", "publish"])
+def test_each_stage_depends_on_exactly_the_code_it_runs(stage):
+    declared = _stages()[stage]
+    command = declared["cmd"].split()[1]
+    needed, listed = stage_code(command), declared_code(declared)
+    assert not needed - listed, f"dvc.yaml's {stage} misses code it runs: {sorted(needed - listed)}"
+    assert not listed - needed, f"dvc.yaml's {stage} lists code it does not run: {sorted(listed - needed)}"
+
+
+def test_the_report_and_the_data_floor_do_not_depend_on_any_method():
+    for command in ("report", "publish", "prepare"):
+        assert not {f for f in stage_code(command) if f.startswith("pipeline/methods/")}, command
+        assert "pipeline/training.py" not in stage_code(command), command
+
+
+def test_the_package_has_no_import_cycle():
+    """Over the modules each import names (a submodule's import of its sibling is no cycle through their package)."""
+    graph = {module: imports_of(module, packages=False) for module in MODULES}
+    state: dict[str, str] = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                cycle = path[path.index(imported):] + [imported]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported, path + [imported])
+        state[module] = "done"
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_cycle_check_finds_a_cycle(monkeypatch):
+    """The check above can fail: a graph with config <-> methods is refused."""
+    real = imports_of
+    monkeypatch.setitem(globals(), "imports_of",
+                        lambda m, packages=True: real(m, packages) | ({"pipeline.methods"} if m == "pipeline.config" else set())
+                        | ({"pipeline.config"} if m == "pipeline.methods.base" else set()))
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_the_package_has_no_import_cycle()
+
+
+def test_the_schema_and_errors_are_leaves():
+    assert imports_of("pipeline.schema") == set()
+    assert imports_of("pipeline.errors") == set()
