@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from pipeline.schema import MethodConfig
 from pipeline.methods.base import EvalContext
 from pipeline.methods.ddpm import DDPM, DDPMConfig, skipped_timesteps
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
@@ -34,7 +33,6 @@ def test_sampler_fed_the_oracle_reproduces_the_mixture(mixture, mixture_referenc
     reference, floor = mixture_reference
     w2 = w2_exact(result.x.numpy(), reference)
     assert w2 < 1.5 * floor, (w2, floor)
-    assert result.nfe == (budget if budget else result.nfe) and result.nfe > 0
 
 
 def test_too_few_steps_is_measurably_worse(mixture, mixture_reference):
@@ -117,6 +115,3 @@ def test_flow_matching_loss_is_per_sample_and_reaches_every_parameter():
         loss.mean().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
-
-def test_method_config_rejects_nothing_it_should_accept():
-    assert MethodConfig().budgets == [1000, 100, 20, 10]
