@@ -112,3 +112,13 @@ def test_the_log_snr_grid_is_uniform_in_log_snr():
     steps = method.log_snr(grid).diff()
     torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-9, atol=1e-9)
     assert grid[0] == 1.0 and grid[-1] == 1e-3 and (grid.diff() < 0).all()
+
+
+@pytest.mark.parametrize("budget", [1, 2, 10, 100, 500, 900, 999, 1000, 5000])
+def test_the_log_snr_chain_steps_strictly_increase_within_the_chain(budget):
+    """At budgets near the chain's length, pushing repeats up ran past step T and the clamp repeated it:
+    a zero step, and DPM-Solver++(2M)'s step ratio divided by zero (the default profile's 1000 NFE)."""
+    method = DDPM(DDPMConfig(), (2,))
+    steps = log_snr_timesteps(method, budget)
+    assert len(steps) == min(budget, 1000) and steps[0] >= 1 and steps[-1] <= 1000
+    assert all(b > a for a, b in zip(steps, steps[1:]))

@@ -325,14 +325,15 @@ def sample_analytic_ddim(method: DDPM, net, x, budget, generator) -> SolverResul
 def log_snr_timesteps(method: DDPM, budget: int) -> list[int]:
     """tau_1 < ... < tau_S: the chain's steps nearest to a grid uniform in log-SNR from step T to step 1
     (Lu et al. 2022's "logSNR" steps on a discrete chain), repeats pushed up by one as in the quadratic
-    skipping, so that S = budget steps strictly increase."""
+    skipping and then, where that passes step T, pulled down to T - (S - i), so that S = budget steps
+    strictly increase within 1..T (near S = T a clamp at T repeated steps: a zero log-SNR step)."""
     budget = min(budget, method.num_steps)
     log_snr = 0.5 * (method.alpha_bars.log() - (1 - method.alpha_bars).log())  # log(alpha / sigma), steps 0..T
     targets = torch.linspace(float(log_snr[1]), float(log_snr[method.num_steps]), budget, dtype=torch.float64)
     nearest = (log_snr[1:, None] - targets[None]).abs().argmin(0) + 1
     offset = torch.arange(budget)
     steps = torch.cummax(nearest - offset, 0).values + offset
-    return steps.clamp(max=method.num_steps).tolist()
+    return torch.minimum(steps, method.num_steps - budget + 1 + offset).tolist()
 
 
 def sample_dpm_solver_pp(method: DDPM, net, x, budget, generator, order: int = 2) -> SolverResult:
