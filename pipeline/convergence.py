@@ -19,16 +19,17 @@ import pandas as pd
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.layout import baseline_file, convergence_file
+from pipeline.metric_table import select
 
 #: where the study profile's gathered table is kept for other profiles' reports
 STUDY = Path("reports") / "studies" / "convergence.csv"
 COLUMNS = ["dataset", "method", "seed", "step", "sampler", "nfe", "metric", "value"]
-#: metrics shown against steps, and whether higher is better
-CURVE_METRICS = {"w2": False, "coverage": True, "modes": True, "on_support": True, "nll": False,
-                 "fid": False, "kid": False, "nll_bpd": False}
+#: metrics shown against steps (pipeline.metric_table's `convergence`), and whether higher is better
+CURVE_METRICS = {m.name: not m.lower_is_better for kind in ("toy", "image") for convergence in ("rule", "curve")
+                 for m in select(kind, convergence=convergence)}
 #: metrics the budget rule requires to have converged (where a data set has them: W2 and the mode metrics
 #: on 2-D sets, FID on images)
-RULE_METRICS = ("w2", "coverage", "modes", "on_support", "fid")
+RULE_METRICS = tuple(dict.fromkeys(m.name for m in select(convergence="rule")))
 #: the metric a sampler is chosen by (the first a run has), and for the likelihoods the likelihood itself
 SAMPLE_SCORES = ("w2", "fid")
 LIKELIHOODS = ("nll", "nll_bpd")

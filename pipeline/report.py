@@ -19,19 +19,18 @@ from pipeline.convergence import collect_convergence, convergence_figure, conver
 from pipeline.io import atomic_directory, write_text
 from pipeline.data import DATASETS
 from pipeline.errors import StageError
+from pipeline.metric_table import METRICS, directions
 from pipeline.layout import (baseline_file, data_file, features_metrics_file, load_samples, loss_file, metrics_file,
                              samples_file)
 
 #: (line style, marker) per method, so that curves stay distinguishable once colours repeat
 LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v"), ("--", "P"), (":", "X"), ("-.", "*")]
 COLUMNS = ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
-#: headline metrics of the summary table, in column order, and whether lower is better
-HEADLINE_METRICS = {"w2": True, "nll": True}
-#: headline metrics of image data sets (FID family through torch-fidelity, bits/dim, sliced W2)
-IMAGE_HEADLINE_METRICS = {"fid": True, "kid": True, "precision": False, "recall": False, "nll_bpd": True,
-                          "sliced_w2": True}
+#: headline metrics of the summary table (pipeline.metric_table), in column order, and whether lower is better
+HEADLINE_METRICS = directions("toy", table="headline")
+IMAGE_HEADLINE_METRICS = directions("image", table="headline")
 #: properties of a flow's ODE trajectories (Liu et al. 2023), reported by the flows that define them
-PATH_METRICS = ["straightness", "transport_cost"]
+PATH_METRICS = list(directions("toy", table="path"))
 
 
 def _rows_from_table(table: dict, dataset: str, method: str, seed: int) -> list[dict]:
@@ -186,7 +185,7 @@ def floor_check_lines(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame 
 
 
 #: the 2-D metrics that see modes (pipeline.metrics.prdc_scores, structure_scores), higher is better
-MODE_METRICS = ["precision", "recall", "density", "coverage", "modes", "on_support"]
+MODE_METRICS = list(directions("toy", table="modes"))
 
 
 def mode_table(frame: pd.DataFrame, params: Params, shown: tuple[str, ...] = ("coverage", "modes", "on_support")
@@ -383,7 +382,8 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
     lines += mode_lines(frame, params)
     lines += learned_lines(frame, params, None if convergence is None else convergence[0])
     if convergence is not None:
-        lines += convergence_lines(convergence[0], convergence[1])
+        section = convergence_lines(convergence[0], convergence[1])
+        lines += section[:2] + [_trained_steps_line(params), ""] + section[2:] if section else []
     lines += image_summary(frame, params)
     for metric in ("w2", "nll"):
         lines += [f"## {metric} against the number of function evaluations", ""]
@@ -403,7 +403,20 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
                 lines += [f"### {dataset}", "", table.to_markdown(), ""]
     lines += ["## Figures", "", "![samples](figures/samples.png)", "", "![w2 vs nfe](figures/w2_vs_nfe.png)", "",
               "![loss curves](figures/loss_curves.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + metric_glossary(frame, params))
+
+
+def metric_glossary(frame: pd.DataFrame, params: Params) -> list[str]:
+    """The metrics of this report (pipeline.metric_table), each with its direction and how it is computed."""
+    present = {(metric, DATASETS[dataset]) for metric, dataset in zip(frame.metric, frame.dataset)}
+    rows = [{"metric": m.name, "data": "2-D" if m.kind == "toy" else "images",
+             "better": {True: "lower", False: "higher", None: "(count or setting)"}[m.lower_is_better],
+             "from": m.source, "error estimate": m.error or "", "how": m.computed}
+            for m in METRICS if (m.name, m.kind) in present]
+    if not rows:
+        return []
+    return ["## Metrics", "", "Every metric in `results.csv` (`<metric>_sd` on a `data` row: its spread over the "
+            "floor's reference chunks).", "", pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
 def image_grid(x: np.ndarray, side: int) -> np.ndarray:
@@ -532,6 +545,21 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=90)
     plt.close(fig)
+
+
+def _trained_steps_line(params: Params) -> str:
+    """What this profile trains, beside the budget the study picks (they differ where a profile says why)."""
+    steps = {}
+    for method in params.methods:
+        for dataset in params.datasets:
+            label = "2-D sets" if DATASETS[dataset] == "toy" else "images"
+            steps.setdefault(label, {}).setdefault(params.train_settings(method, DATASETS[dataset]).steps, []).append(method)
+    parts = []
+    for label, by_steps in steps.items():
+        common = max(by_steps, key=lambda n: len(by_steps[n]))
+        others = [f"{', '.join(dict.fromkeys(by_steps[n]))} {n}" for n in by_steps if n != common]
+        parts.append(f"{common} steps on {label}" + (f" ({'; '.join(others)})" if others else ""))
+    return f"This profile trains {', '.join(parts)} (params.yaml `train` and the methods' overrides)."
 
 
 def run_report(root: Path, params: Params) -> Path:

@@ -71,6 +71,13 @@ def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
         assert derived in set(results.method)
     summary = (smoke_repo / "reports" / "summary.md").read_text()
     assert "ddpm / ancestral_beta" in summary and "flow_matching / ode_heun" in summary
+    # every metric comes from the one table, and the summary's glossary lists each one
+    from pipeline import metric_table
+
+    unknown = {(m, d) for m, d in zip(results.metric, results.dataset) if not metric_table.known(m, DATASETS[d])}
+    assert not unknown, unknown
+    glossary = summary[summary.index("## Metrics"):]
+    assert all(f"| {m} " in glossary for m in set(results.metric) if not m.endswith("_sd"))
     for figure in ("samples.png", "w2_vs_nfe.png", "loss_curves.png", *(f"samples_{name}.png" for name in images)):
         assert (smoke_repo / "reports" / "figures" / figure).stat().st_size > 1000
 
