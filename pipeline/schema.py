@@ -7,7 +7,7 @@ section with the Config class its module declares.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -250,6 +250,16 @@ class MethodConfig(Strict):
                         raise ValueError(f"{name} must lie in [0, 1], got {eta}")
         return self
 
+
+
+class AffineConfig(MethodConfig):
+    """Keys of a method on an affine Gaussian path: the DDIM variants it is sampled with (pipeline.samplers)."""
+
+    #: DDIM's eta (0: deterministic; 1: DDPM with the posterior variance); one sampler per eta x skipping
+    ddim_etas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
+    #: uniform or quadratic steps (pipeline.grids; DDPM's chain takes the DDIM paper's sub-sequences)
+    ddim_skips: list[Literal["uniform", "quadratic"]] = Field(default_factory=lambda: ["uniform", "quadratic"],
+                                                            min_length=1)
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,6 +1,7 @@
 """ODE and SDE integrators. They see only a drift (and diffusion) function of (x, t), never a method.
 
-Time grids run from the noise end to the data end (decreasing t), so every step has h = t_next - t < 0.
+Time grids (pipeline.grids) run from the noise end to the data end (decreasing t), so every step has
+h = t_next - t < 0.
 Every solver returns the number of function evaluations (NFE) it really used.
 """
 
@@ -175,28 +176,3 @@ def annealed_langevin(score_fn: VelocityFn, x: Tensor, level_times: Tensor, step
         for _ in range(steps_per_level):
             x = x + eta * fn(x, tt) + (2.0 * eta) ** 0.5 * rng.normal_like(x, generator)
     return SolverResult(x, fn.calls)
-
-
-def uniform_grid(num_steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Tensor:
-    """num_steps + 1 evenly spaced times from t_start to t_end."""
-    return torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64)
-
-
-def log_snr_grid(log_snr: Callable[[Tensor], Tensor], num_steps: int, t_start: float = 1.0,
-                 t_end: float = 0.0) -> Tensor:
-    """num_steps + 1 times from t_start to t_end evenly spaced in the log-SNR lambda_t = log(alpha_t / sigma_t)
-    (Lu et al. 2022, "logSNR" steps), lambda decreasing in t, inverted by bisection to float64 precision.
-    Both ends must have a finite lambda."""
-    ends = log_snr(torch.tensor([t_start, t_end], dtype=torch.float64))
-    if not torch.isfinite(ends).all():
-        raise ValueError("log_snr_grid needs a finite log-SNR at both ends")
-    targets = torch.linspace(float(ends[0]), float(ends[1]), num_steps + 1, dtype=torch.float64)
-    low = torch.full_like(targets, min(t_start, t_end))
-    high = torch.full_like(targets, max(t_start, t_end))
-    for _ in range(64):
-        middle = 0.5 * (low + high)
-        above = log_snr(middle) > targets  # lambda(middle) too high: the time is too early
-        low, high = torch.where(above, middle, low), torch.where(above, high, middle)
-    grid = 0.5 * (low + high)
-    grid[0], grid[-1] = t_start, t_end
-    return grid

@@ -1,6 +1,5 @@
 """The `pipeline` command: help, listing, and the stage commands on a tiny params file."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.methods.analytic_dpm import AnalyticTable
+from pipeline.methods import ddpm
 from pipeline.methods.ddpm import DDPM, DDPMConfig
 
 
@@ -43,14 +44,16 @@ def test_analytic_dpm_caps_the_noise_of_its_step_onto_tau_1_on_images(monkeypatc
     # the largest x0 variance the clamp allows, so sigma*^2 exceeds the cap at tau_1
     method.analytic = AnalyticTable(torch.zeros(101, dtype=torch.float64), 1.0, 10)
     drawn = []
-    original = method.ancestral if sampler == "analytic_ddpm" else method.implicit
+    chain = "ancestral_chain" if sampler == "analytic_ddpm" else "implicit_chain"
+    original = getattr(ddpm, chain)
 
-    def spy(net, x, steps, generator, *variances):
-        variance = variances[-1]
-        drawn.extend((r, s, variance(r, s)) for r, s in zip(steps[1:], steps[:-1]))
-        return original(net, x, steps, generator, *variances)
+    def spy(alpha_sigma, data_and_noise, x, grid, *variances_and_generator):
+        variance = variances_and_generator[-2]
+        times = grid.tolist()
+        drawn.extend((round(t * 100), round(t_next * 100), variance(t, t_next)) for t, t_next in zip(times, times[1:]))
+        return original(alpha_sigma, data_and_noise, x, grid, *variances_and_generator)
 
-    monkeypatch.setattr(method, "ancestral" if sampler == "analytic_ddpm" else "implicit", spy)
+    monkeypatch.setattr(ddpm, chain, spy)
     method.sample(_ConstantEps(), sampler, 10, 3, torch.Generator().manual_seed(0))
     threshold = (pixels * 2 / 255 * math.sqrt(math.pi / 2)) ** 2
     steps = method.timesteps(10)

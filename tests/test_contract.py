@@ -13,7 +13,9 @@ N = 7
 
 
 def _cases():
-    return [(name, sampler) for name, cls in METHODS.items() for sampler in cls.samplers]
+    """Every method's samplers as its default configuration builds them: the shared ones its capabilities
+    allow (pipeline.samplers) and its own."""
+    return [(name, sampler) for name, cls in METHODS.items() for sampler in cls(cls.Config(), (2,)).samplers]
 
 
 class _CountingNetwork(torch.nn.Module):
@@ -52,6 +54,8 @@ def test_every_sampler_keeps_the_contract(name, sampler, budget):
     assert result.x.shape == (N, 2)
     assert torch.isfinite(result.x).all()
     assert result.nfe == counted.calls > 0, f"{name} {sampler}: reports {result.nfe} NFE, made {counted.calls} calls"
+    if budget == 1000:  # pipeline.grids.steps_within: at most the budget, and nearly all of it
+        assert 0.99 * budget <= result.nfe <= budget, (name, sampler, result.nfe)
     again = method.sample(net, sampler, budget, N, torch.Generator().manual_seed(3))
     assert torch.equal(result.x, again.x)
     other = method.sample(net, sampler, budget, N, torch.Generator().manual_seed(4))

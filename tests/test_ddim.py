@@ -6,8 +6,9 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import Params
-from pipeline.methods.affine import sample_ode_rk45
-from pipeline.methods.ddpm import DDPM, DDPMConfig, skipped_timesteps
+from pipeline import grids
+from pipeline.methods.ddpm import DDPM, DDPMConfig
+from pipeline.samplers import sample_ode_rk45
 from pipeline.metrics import w2_exact
 
 DDIM_VARIANTS = ["ddim-eta0.0-uniform", "ddim-eta0.0-quadratic", "ddim-eta1.0-uniform", "ddim-eta1.0-quadratic"]
@@ -15,11 +16,11 @@ DDIM_VARIANTS = ["ddim-eta0.0-uniform", "ddim-eta0.0-quadratic", "ddim-eta1.0-un
 
 def test_quadratic_skipping_is_the_analytic_dpm_sequence_made_strictly_increasing():
     expected = (np.floor(np.linspace(0, np.sqrt(0.8 * 1000), 10) ** 2) + 1).astype(int).tolist()
-    assert skipped_timesteps(1000, 10, "quadratic").tolist() == expected == [1, 10, 40, 89, 159, 247, 356, 484,
+    assert grids.chain_quadratic(1000, 10).tolist() == expected == [1, 10, 40, 89, 159, 247, 356, 484,
                                                                               633, 801]
     # the raw formula repeats steps when S is large; the repeats are pushed up by one
-    assert skipped_timesteps(1000, 1000, "quadratic").tolist() == list(range(1, 1001))
-    steps = skipped_timesteps(1000, 100, "quadratic")
+    assert grids.chain_quadratic(1000, 1000).tolist() == list(range(1, 1001))
+    steps = grids.chain_quadratic(1000, 100)
     assert steps[0] == 1 and bool((steps.diff() > 0).all()) and steps[-1] == 801
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pipeline.schema import NetworkSection
-from pipeline.methods.ddpm import DDPM, DDPMConfig, log_snr_timesteps, sample_dpm_solver_pp
+from pipeline import grids
+from pipeline.methods.ddpm import DDPM, DDPMConfig
+from pipeline.samplers import implicit_chain, sample_dpm_solver_pp
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods.rectified_flow import RectifiedFlow
 from pipeline.methods.score_sde import VESDE, VPSDE, SubVPSDE, VESDEConfig, VPSDEConfig
@@ -30,11 +32,12 @@ def test_first_order_is_ddim_with_eta_zero():
     torch.manual_seed(0)
     net = method.make_network(NetworkSection()).eval()  # an untrained network: any x0_hat will do
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
-    steps = log_snr_timesteps(method, 10)
+    steps = method.timesteps(10, "log_snr")
     assert len(steps) == 10 and steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == 1000
     with torch.no_grad():
         first = sample_dpm_solver_pp(method, net, x, 10, None, order=1)
-        ddim = method.implicit(net, x, steps, torch.Generator().manual_seed(2), lambda r, s: 0.0, lambda r, s: 0.0)
+        ddim = implicit_chain(method.alpha_sigma, method.data_and_noise_fn(net), x, method.time_grid(10, "log_snr"),
+                              lambda t, s: 0.0, lambda t, s: 0.0, torch.Generator().manual_seed(2))
         second = sample_dpm_solver_pp(method, net, x, 10, None, order=2)
     assert first.nfe == ddim.nfe == second.nfe == 10
     torch.testing.assert_close(first.x, ddim.x, rtol=1e-5, atol=1e-5)
@@ -53,8 +56,6 @@ def test_fed_the_oracle_it_reproduces_the_mixture_at_twenty_nfe(mixture, mixture
 
 
 def _error_to_the_exact_flow(method, net, x, truth, budget, order):
-    from pipeline.methods.affine import sample_dpm_solver_pp
-
     result = sample_dpm_solver_pp(method, net, x, budget, None, order)
     return float((result.x - truth).norm(dim=1).mean())
 
@@ -96,19 +97,17 @@ def test_on_the_linear_path_its_first_order_is_euler(mixture):
     method = BUILDERS["flow_matching"]()
     net = mixture.network(method.path, method.prediction)
     x = method.prior_sample(200, torch.Generator().manual_seed(4), "cpu").double()
-    from pipeline.solvers import dpm_solver_pp, ode_euler, uniform_grid
+    from pipeline.solvers import dpm_solver_pp, ode_euler
 
-    grid = uniform_grid(10, 1.0, 0.0)
+    grid = grids.uniform(10, 1.0, 0.0)
     first = dpm_solver_pp(method.x0_fn(net), x, grid, method.alpha_sigma, order=1).x
     euler = ode_euler(method.velocity_fn(net), x, grid).x
     torch.testing.assert_close(first, euler, rtol=1e-9, atol=1e-9)
 
 
 def test_the_log_snr_grid_is_uniform_in_log_snr():
-    from pipeline.solvers import log_snr_grid
-
     method = BUILDERS["vp_sde"]()
-    grid = log_snr_grid(method.log_snr, 8, 1.0, 1e-3)
+    grid = grids.log_snr_uniform(method.log_snr, 8, 1.0, 1e-3)
     steps = method.log_snr(grid).diff()
     torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-9, atol=1e-9)
     assert grid[0] == 1.0 and grid[-1] == 1e-3 and (grid.diff() < 0).all()
@@ -119,6 +118,6 @@ def test_the_log_snr_chain_steps_strictly_increase_within_the_chain(budget):
     """At budgets near the chain's length, pushing repeats up ran past step T and the clamp repeated it:
     a zero step, and DPM-Solver++(2M)'s step ratio divided by zero (the default profile's 1000 NFE)."""
     method = DDPM(DDPMConfig(), (2,))
-    steps = log_snr_timesteps(method, budget)
+    steps = method.timesteps(budget, "log_snr")
     assert len(steps) == min(budget, 1000) and steps[0] >= 1 and steps[-1] <= 1000
     assert all(b > a for a, b in zip(steps, steps[1:]))

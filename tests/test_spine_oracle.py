@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.methods.base import EvalContext
-from pipeline.methods.ddpm import DDPM, DDPMConfig, skipped_timesteps
+from pipeline import grids
+from pipeline.methods.ddpm import DDPM, DDPMConfig
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.metrics import w2_exact
 
@@ -100,8 +101,8 @@ def test_ddpm_bound_is_tight_for_standard_normal_data():
 
 
 def test_skipped_timesteps_are_even_and_start_at_one():
-    assert skipped_timesteps(1000, 1000).tolist() == list(range(1, 1001))
-    assert skipped_timesteps(1000, 10).tolist() == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    assert grids.chain_uniform(1000, 1000).tolist() == list(range(1, 1001))
+    assert grids.chain_uniform(1000, 10).tolist() == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
 
 
 def test_flow_matching_loss_is_per_sample_and_reaches_every_parameter():

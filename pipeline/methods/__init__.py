@@ -36,4 +36,8 @@ DERIVED_METHODS: dict[str, str] = {
 
 
 def build_method(name: str, config, data_shape: tuple[int, ...]) -> Method:
-    return METHODS[DERIVED_METHODS.get(name, name)](config, data_shape)
+    """The method of a name; a derived method is its source's class with the capabilities it keeps."""
+    if name not in DERIVED_METHODS:
+        return METHODS[name](config, data_shape)
+    source = METHODS[DERIVED_METHODS[name]]
+    return source(config, data_shape).restrict(getattr(source, "derived_capabilities", source.capabilities))

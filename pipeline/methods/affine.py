@@ -1,4 +1,4 @@
-"""Methods on an affine Gaussian path, and the samplers they all share (probability-flow ODE).
+"""Methods on an affine Gaussian path: what they offer the shared samplers (pipeline.samplers).
 
 Training regresses the network onto its prediction target at x_t = alpha_t x + sigma_t eps;
 every sampler and likelihood goes through pipeline.parameterization, so eps-, score- and
@@ -14,19 +14,21 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pipeline import rng
+from pipeline import grids, rng
 from pipeline.likelihood import ode_log_likelihood
-from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
+from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, call_network
 from pipeline.nets import network_settings
-from pipeline.parameterization import Preconditioned, Prediction, from_x0_and_eps, to_score, to_velocity, to_x0
+from pipeline.parameterization import (Preconditioned, Prediction, from_x0_and_eps, to_score, to_velocity, to_x0,
+                                       to_x0_and_eps)
 from pipeline.paths import AffinePath
-from pipeline.solvers import (SolverResult, dpm_solver_pp, log_snr_grid, ode_euler, ode_heun, ode_rk45,
-                              uniform_grid)
+from pipeline.samplers import FlowODE
+from pipeline.solvers import SolverResult
 
 
 class AffineMethod(Method):
     """A method trained by regression on an affine Gaussian path."""
 
+    capabilities = frozenset({"ode", "affine_ode", "gaussian_posterior"})
     prediction: ClassVar[Prediction]
     #: smallest training time (the score blows up like 1/sigma_t at t = 0, methods.md 6.1)
     t_min_train: ClassVar[float] = 1e-5
@@ -89,6 +91,32 @@ class AffineMethod(Method):
 
         return x0
 
+    def data_and_noise_fn(self, net: nn.Module):
+        """(x0_hat, eps_hat)(x, t) of the trained model (pipeline.parameterization)."""
+
+        def data_and_noise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            return to_x0_and_eps(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+
+        return data_and_noise
+
+    @property
+    def finishing_nfe(self) -> int:
+        """NFE of the final denoising step (methods.md 2.7): 1 where the samplers stop short of t = 0."""
+        return 1 if self.denoise_final and self.t_end_sample > 0 else 0
+
+    def time_grid(self, budget: int, spacing: str, nfe_per_step: int = 1) -> Tensor:
+        """Times from t = 1 to t_end for a fixed-step sampler within `budget` NFE (pipeline.grids)."""
+        steps = grids.steps_within(budget, nfe_per_step, self.finishing_nfe)
+        return grids.continuous(spacing, steps, 1.0, self.t_end_sample, self.log_snr)
+
+    def finish(self, net: nn.Module, result: SolverResult) -> SolverResult:
+        return self.denoise(net, result)
+
+    def probability_flow(self, net: nn.Module) -> FlowODE:
+        """The probability-flow ODE from t = 1 to t_end, then the denoising step."""
+        return FlowODE(self.velocity_fn(net), 1.0, self.t_end_sample, lambda result: self.denoise(net, result),
+                       self.finishing_nfe)
+
     def alpha_sigma(self, t: float) -> tuple[float, float]:
         """alpha_t and sigma_t of the path at one time, as floats (for the exponential integrators)."""
         c = self.path(torch.tensor([t], dtype=torch.float64))
@@ -101,7 +129,7 @@ class AffineMethod(Method):
 
     def denoise(self, net: nn.Module, result: SolverResult) -> SolverResult:
         """Tweedie's x0_hat at the end time (methods.md 2.7), when the method asks for it."""
-        if not self.denoise_final or self.t_end_sample == 0:
+        if not self.finishing_nfe:
             return result
         x = result.x
         t = torch.full((x.shape[0],), self.t_end_sample, dtype=x.dtype, device=x.device)
@@ -116,47 +144,6 @@ class AffineMethod(Method):
                                     1.0, divergence=estimator, generator=generator, rtol=context.rtol,
                                     atol=context.atol)
         return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]
-
-
-def sample_ode_euler(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
-    """Euler on the probability-flow ODE, `budget` steps from t = 1 to t_end."""
-    steps = budget - 1 if method.denoise_final and method.t_end_sample > 0 and budget > 1 else budget
-    grid = uniform_grid(steps, 1.0, method.t_end_sample)
-    return method.denoise(net, ode_euler(method.velocity_fn(net), x, grid))
-
-
-def sample_ode_heun(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
-    """Heun (2 NFE per step) on the probability-flow ODE, budget // 2 steps."""
-    grid = uniform_grid(max(budget // 2, 1), 1.0, method.t_end_sample)
-    return method.denoise(net, ode_heun(method.velocity_fn(net), x, grid))
-
-
-def sample_ode_rk45(method: AffineMethod, net: nn.Module, x: Tensor, budget, generator) -> SolverResult:
-    """Adaptive Dormand-Prince (rtol = atol = 1e-5) on the probability-flow ODE; reports its NFE."""
-    return method.denoise(net, ode_rk45(method.velocity_fn(net), x, 1.0, method.t_end_sample))
-
-
-def sample_dpm_solver_pp(method: AffineMethod, net: nn.Module, x: Tensor, budget: int, generator,
-                         order: int = 2) -> SolverResult:
-    """DPM-Solver++(2M) (Lu et al. 2022) on the probability-flow ODE. Steps uniform in log-SNR where it is
-    finite at both ends (the SDEs; Lu et al.'s "logSNR" steps), uniform in t on the flows, whose log-SNR is
-    -inf at t = 1 (there the first step is exact and, on the linear path, the first order is Euler)."""
-    steps = budget - 1 if method.denoise_final and method.t_end_sample > 0 and budget > 1 else budget
-    alpha_noise, _ = method.alpha_sigma(1.0)
-    _, sigma_data = method.alpha_sigma(method.t_end_sample)
-    if alpha_noise > 0 and sigma_data > 0:
-        grid = log_snr_grid(method.log_snr, steps, 1.0, method.t_end_sample)
-    else:
-        grid = uniform_grid(steps, 1.0, method.t_end_sample)
-    return method.denoise(net, dpm_solver_pp(method.x0_fn(net), x, grid, method.alpha_sigma, order))
-
-
-ODE_SAMPLERS = {
-    "ode_euler": SamplerSpec(sample_ode_euler, description="probability-flow ODE, Euler"),
-    "ode_heun": SamplerSpec(sample_ode_heun, description="probability-flow ODE, Heun"),
-    "ode_rk45": SamplerSpec(sample_ode_rk45, uses_budget=False, description="probability-flow ODE, RK45"),
-    "dpm_solver_pp_2m": SamplerSpec(sample_dpm_solver_pp, description="probability-flow ODE, DPM-Solver++(2M)"),
-}
 
 
 def device_of(net: nn.Module) -> torch.device:

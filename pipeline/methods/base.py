@@ -9,27 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from pipeline.schema import MethodConfig
 from pipeline.nets import build_network
+from pipeline.samplers import SamplerSpec, applicable
 from pipeline.solvers import SolverResult
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A sampler: fn(method, net, x_init, budget, generator) -> SolverResult.
-
-    uses_budget: whether the sampler runs once per step budget of params.yaml (False for adaptive
-    solvers, which report the NFE they used). max_budget: a cap, e.g. DDPM's T.
-    """
-
-    fn: Callable[..., SolverResult]
-    uses_budget: bool = True
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,7 +42,10 @@ class Method(ABC):
     """Base class: subclasses set `Config`, `samplers` and implement `loss` and `prior_sample`."""
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: the samplers only this method runs; the shared ones come from its capabilities (pipeline.samplers)
     samplers: ClassVar[dict[str, SamplerSpec]] = {}
+    #: what the method offers the shared samplers (pipeline.samplers lists them and what each needs)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     #: output units the network needs beyond the data's size (PFGM's augmented coordinate)
     extra_outputs: ClassVar[int] = 0
 
@@ -62,18 +53,28 @@ class Method(ABC):
         self.config = config
         self.data_shape = tuple(data_shape)
         self.dim = int(torch.tensor(self.data_shape).prod())
-        #: this configuration's samplers: the class table plus variants its config derives
-        self.samplers = self.sampler_table(config)
+        self.restrict(type(self).capabilities)
+
+    def restrict(self, capabilities: frozenset[str]) -> "Method":
+        """Keep only these capabilities (a model derived from this class's, e.g. a reflowed flow) and the
+        samplers they allow: the shared ones, then the class's own."""
+        self.capabilities = frozenset(capabilities)
+        self.samplers = self.sampler_table(self.config, self.capabilities)
+        return self
 
     @classmethod
-    def sampler_table(cls, config: MethodConfig) -> dict[str, SamplerSpec]:
-        """Every sampler a configuration defines, keyed by its results.csv name (the class table by default)."""
-        return dict(cls.samplers)
+    def sampler_table(cls, config: MethodConfig, capabilities: frozenset[str] | None = None) -> dict[str, SamplerSpec]:
+        """Every sampler a configuration defines, keyed by its results.csv name: the shared samplers the
+        capabilities allow (DDIM once per eta x skipping of the config), then the class's own."""
+        capabilities = cls.capabilities if capabilities is None else capabilities
+        shared = applicable(capabilities, getattr(config, "ddim_etas", ()), getattr(config, "ddim_skips", ()))
+        return {**shared, **cls.samplers}
 
     @classmethod
     def sampler_groups(cls, config: MethodConfig) -> dict[str, list[str]]:
-        """Names that select several samplers at once in `samplers:` (e.g. `ddim`: all its variants)."""
-        return {}
+        """Names that select several samplers at once in `samplers:` (`ddim`: all its variants)."""
+        names = [name for name in cls.sampler_table(config) if name.startswith("ddim-")]
+        return {"ddim": names} if names else {}
 
     @classmethod
     def selected_samplers(cls, config: MethodConfig) -> list[str]:
@@ -106,7 +107,7 @@ class Method(ABC):
 
     def sampler_runs(self) -> list[tuple[str, int | None]]:
         """(sampler, budget) pairs this method runs: budget None for adaptive samplers."""
-        names = self.selected_samplers(self.config)
+        names = [name for name in self.selected_samplers(self.config) if name in self.samplers]
         cap = self.max_budget()
         runs: list[tuple[str, int | None]] = []
         for name in names:

@@ -2,7 +2,9 @@
 Meng, Ermon 2021) and Analytic-DPM (Bao, Li, Zhu, Zhang 2022).
 
 Step i in {1..T} sits at t = i / T on the shared path (pipeline.paths.DiscreteLinearBetaPath).
-Every sampler runs on a sub-sequence tau_1 < ... < tau_S of the steps (S = the budget); the per-step
+Ancestral sampling, DDIM and DPM-Solver++ are the shared samplers of every affine path (pipeline.samplers);
+this module gives them the chain: its sub-sequences tau_1 < ... < tau_S of the steps (S = the budget;
+pipeline.grids), alpha and sigma at the steps, and eps_theta with x0_hat as the papers' code clips it. The per-step
 quantities of a step r -> s are recomputed from alpha_bar at the sub-sequence points (Nichol &
 Dhariwal 2021, sec. 4; methods.md 2.1, 2.2, 2.12A):
     beta_{r|s} = 1 - ab_r / ab_s,
@@ -13,30 +15,29 @@ Dhariwal 2021, sec. 4; methods.md 2.1, 2.2, 2.12A):
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import Annotated, Callable, Literal
+from typing import Callable
 
 import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from pipeline import rng
-from pipeline.schema import MethodConfig
+from pipeline import grids, rng
+from pipeline.schema import AffineConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.analytic_dpm import AnalyticTable, estimate_table
 from pipeline.likelihood import discretized_gaussian_log_likelihood, pixel_grid
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
 from pipeline.parameterization import Prediction
 from pipeline.paths import DiscreteLinearBetaPath
-from pipeline.solvers import SolverResult, dpm_solver_pp
+from pipeline.samplers import ancestral_chain, implicit_chain
+from pipeline.solvers import SolverResult
 
-Skip = Literal["uniform", "quadratic"]
 #: the samplers (and the bound) that use Analytic-DPM's optimal variance, hence its sigma clip on images
 ANALYTIC_SAMPLERS = frozenset({"analytic_ddpm", "analytic_ddim"})
 VarianceFn = Callable[[int, int], float]
 
 
-class DDPMConfig(MethodConfig):
+class DDPMConfig(AffineConfig):
     num_steps: PositiveInt = 1000
     beta_start: float = Field(1e-4, gt=0, lt=1)
     beta_end: float = Field(0.02, gt=0, lt=1)
@@ -48,32 +49,10 @@ class DDPMConfig(MethodConfig):
     #: expected |sigma z| stays within y pixel bins: y = 2 with DDPM's mean, 1 with DDIM's (their code's
     #: clip_sigma_idx = 1, clip_pixel; methods.md 2.8); never on 2-D data
     clip_sigma: bool = True
-    #: DDIM's eta (0: deterministic; 1: DDPM with the posterior variance); one sampler per eta x skipping
-    ddim_etas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
-    ddim_skips: list[Skip] = Field(default_factory=lambda: ["uniform", "quadratic"], min_length=1)
     #: size of Analytic-DPM's Monte Carlo estimate of E||eps_theta(x_n, n)||^2 / d at every n, in scalar
     #: coordinates: M = ceil(analytic_coordinates / d) training points (2000 in 2-D, 63 8x8 digits). The
     #: estimate averages over the d coordinates too, so its error shrinks with M d; raise it for large images.
     analytic_coordinates: PositiveInt = 4000
-
-
-def skipped_timesteps(num_steps: int, budget: int, skip: Skip = "uniform") -> Tensor:
-    """tau_1 < ... < tau_S, starting at 1 (Song et al. 2021, sec. 4.2 and app. D.2).
-
-    uniform: floor(k T / S) + 1. quadratic: floor(linspace(0, sqrt(0.8 T), S)^2) + 1 as in the
-    Analytic-DPM code, with repeated steps pushed up by one so that the sequence strictly increases.
-    """
-    budget = min(budget, num_steps)
-    if skip == "uniform":
-        return (torch.arange(budget, dtype=torch.float64) * num_steps / budget).floor().long() + 1
-    steps = (torch.linspace(0, math.sqrt(0.8 * num_steps), budget, dtype=torch.float64) ** 2).floor().long() + 1
-    offset = torch.arange(budget)
-    return torch.cummax(steps - offset, 0).values + offset
-
-
-def ddim_name(eta: float, skip: Skip) -> str:
-    """The results.csv name of one DDIM variant, e.g. ddim-eta0.0-uniform."""
-    return f"ddim-eta{float(eta)}-{skip}"
 
 
 class DDPM(AffineMethod):
@@ -81,6 +60,8 @@ class DDPM(AffineMethod):
     prediction = Prediction.EPS
     t_end_sample = 0.0
     denoise_final = False
+    #: the chain's samplers; no continuous probability-flow ODE (the chain is discrete)
+    capabilities = frozenset({"affine_ode", "gaussian_posterior"})
 
     def __init__(self, config: DDPMConfig, data_shape):
         super().__init__(config, data_shape)
@@ -96,19 +77,6 @@ class DDPM(AffineMethod):
         self.clip_x0 = images and config.clip_x0
         self.clip_sigma = images and config.clip_sigma
 
-    @classmethod
-    def sampler_table(cls, config: DDPMConfig) -> dict[str, SamplerSpec]:
-        table = dict(cls.samplers)
-        for eta in config.ddim_etas:
-            for skip in config.ddim_skips:
-                table[ddim_name(eta, skip)] = SamplerSpec(partial(sample_ddim, eta=eta, skip=skip),
-                                                          description=f"DDIM, eta = {eta}, {skip} skipping")
-        return table
-
-    @classmethod
-    def sampler_groups(cls, config: DDPMConfig) -> dict[str, list[str]]:
-        return {"ddim": [ddim_name(eta, skip) for eta in config.ddim_etas for skip in config.ddim_skips]}
-
     def max_budget(self) -> int:
         return self.num_steps
 
@@ -117,8 +85,31 @@ class DDPM(AffineMethod):
         i = rng.integers(1, self.num_steps + 1, (n,), generator, device)
         return i.float() / self.num_steps
 
-    def timesteps(self, budget: int, skip: Skip = "uniform") -> list[int]:
-        return skipped_timesteps(self.num_steps, budget, skip).tolist()
+    def timesteps(self, budget: int, spacing: str = "uniform") -> list[int]:
+        """tau_1 < ... < tau_S of a spacing (pipeline.grids.chain)."""
+        return grids.chain(spacing, self.alpha_bars, budget).tolist()
+
+    def time_grid(self, budget: int, spacing: str, nfe_per_step: int = 1) -> Tensor:
+        """The shared samplers' grid on the chain: tau_S, ..., tau_1, 0 as times i / T, one NFE a step."""
+        steps = self.timesteps(grids.steps_within(budget, nfe_per_step), spacing)
+        return torch.tensor([*reversed(steps), 0], dtype=torch.float64) / self.num_steps
+
+    def step(self, t: float) -> int:
+        return round(t * self.num_steps)
+
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """sqrt(ab_i) and sqrt(1 - ab_i) at the chain's step i = t T."""
+        ab = float(self.alpha_bars[self.step(t)])
+        return math.sqrt(ab), math.sqrt(1 - ab)
+
+    def data_and_noise_fn(self, net: nn.Module):
+        """(x0_hat, eps_theta) at the chain's step t T, x0_hat clipped on images (eps_and_x0)."""
+
+        def data_and_noise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            eps, x0 = self.eps_and_x0(net, x, self.step(float(t[0])))
+            return x0, eps
+
+        return data_and_noise
 
     def eps_and_x0(self, net: nn.Module, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """eps_theta(x, step) and x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab), clipped if the config says so."""
@@ -138,16 +129,16 @@ class DDPM(AffineMethod):
         return settings
 
     def clipped_variance(self, variance: VarianceFn, steps: list[int], pixels: int) -> VarianceFn:
-        """`variance`, with the step onto tau_1 capped at (pixels 2/255 sqrt(pi/2))^2 when clip_sigma is in force."""
-        if not self.clip_sigma:
-            return variance
+        """`variance` of steps r -> s as a function of the grid's times, with the step onto tau_1 capped at
+        (pixels 2/255 sqrt(pi/2))^2 when clip_sigma is in force."""
         threshold = (pixels * 2.0 / 255.0 * math.sqrt(math.pi / 2.0)) ** 2
 
-        def clipped(r: int, s: int) -> float:
+        def of_times(t: float, t_next: float) -> float:
+            r, s = self.step(t), self.step(t_next)
             value = variance(r, s)
-            return min(value, threshold) if s == steps[0] else value
+            return min(value, threshold) if self.clip_sigma and s == steps[0] else value
 
-        return clipped
+        return of_times
 
     # ---------------------------------------------------------------- per-step variances
 
@@ -165,40 +156,6 @@ class DDPM(AffineMethod):
             raise RuntimeError("Analytic-DPM needs the per-step E||eps||^2/d that the run stage computes after "
                                "training (DDPM.after_training); retrain the model (`dvc repro run@...`)")
         return self.analytic.variance(self.alpha_bars, r, s, lambda_sq)
-
-    # ---------------------------------------------------------------- reverse chains
-
-    def ancestral(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
-                  variance: VarianceFn) -> SolverResult:
-        """x_s = posterior mean(x0_hat, x_r) + sqrt(variance(r, s)) z along the sub-sequence, no noise at s = 0
-        (Ho et al. 2020, Alg. 2; the mean is Analytic-DPM's mu_tilde with lambda^2 = beta_tilde)."""
-        previous = [0] + steps[:-1]
-        for r, s in zip(reversed(steps), reversed(previous)):
-            _, x0 = self.eps_and_x0(net, x, r)
-            ab_r, ab_s = float(self.alpha_bars[r]), float(self.alpha_bars[s])
-            coef_x0 = math.sqrt(ab_s) * self.skip_beta(r, s) / (1 - ab_r)
-            coef_xr = math.sqrt(ab_r / ab_s) * (1 - ab_s) / (1 - ab_r)
-            x = coef_x0 * x0 + coef_xr * x
-            if s > 0:
-                x = x + math.sqrt(variance(r, s)) * rng.normal_like(x, generator)
-        return SolverResult(x, len(steps))
-
-    def implicit(self, net: nn.Module, x: Tensor, steps: list[int], generator: torch.Generator,
-                 lambda_sq: VarianceFn, variance: VarianceFn) -> SolverResult:
-        """x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - lambda^2) eps_hat + sqrt(variance) z (Song et al. 2021, eq. 12).
-
-        DDIM draws with variance = lambda^2; Analytic-DDIM keeps lambda = 0 in the mean and draws with
-        its sigma*^2 (Bao et al. 2022, eq. 9). No noise at s = 0.
-        """
-        previous = [0] + steps[:-1]
-        for r, s in zip(reversed(steps), reversed(previous)):
-            eps, x0 = self.eps_and_x0(net, x, r)
-            ab_s = float(self.alpha_bars[s])
-            x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - lambda_sq(r, s), 0.0)) * eps
-            step_variance = variance(r, s) if s > 0 else 0.0
-            if step_variance > 0:
-                x = x + math.sqrt(step_variance) * rng.normal_like(x, generator)
-        return SolverResult(x, len(steps))
 
     # ---------------------------------------------------------------- Analytic-DPM's table
 
@@ -284,25 +241,6 @@ class DDPM(AffineMethod):
         return records
 
 
-def sample_ancestral_beta(method: DDPM, net, x, budget, generator) -> SolverResult:
-    """Ancestral sampling with sigma^2 = beta (optimal for N(0, I) data; Ho et al. 2020, sec. 3.2)."""
-    return method.ancestral(net, x, method.timesteps(budget), generator, method.skip_beta)
-
-
-def sample_ancestral_posterior(method: DDPM, net, x, budget, generator) -> SolverResult:
-    """Ancestral sampling with sigma^2 = beta_tilde (optimal for a point mass; Ho et al. 2020, sec. 3.2)."""
-    return method.ancestral(net, x, method.timesteps(budget), generator, method.posterior_variance)
-
-
-def sample_ddim(method: DDPM, net, x, budget, generator, eta: float, skip: Skip) -> SolverResult:
-    """DDIM with sigma^2 = eta^2 beta_tilde_{r|s} = eta^2 (1 - ab_s)/(1 - ab_r) (1 - ab_r/ab_s) (Song et al. 2021, eq. 16)."""
-
-    def lambda_sq(r: int, s: int) -> float:
-        return eta**2 * method.posterior_variance(r, s)
-
-    return method.implicit(net, x, method.timesteps(budget, skip), generator, lambda_sq, lambda_sq)
-
-
 def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResult:
     """Analytic-DDPM: DDPM's mean (lambda^2 = beta_tilde) with the optimal variance sigma*^2 (Bao et al. 2022),
     the step onto tau_1 clipped to 2 pixel bins on images."""
@@ -310,51 +248,23 @@ def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResul
     def variance(r: int, s: int) -> float:
         return method.analytic_variance(r, s, method.posterior_variance(r, s))
 
+    grid = method.time_grid(budget, "uniform")
     steps = method.timesteps(budget)
-    return method.ancestral(net, x, steps, generator, method.clipped_variance(variance, steps, pixels=2))
+    return ancestral_chain(method.alpha_sigma, method.data_and_noise_fn(net), x, grid,
+                           method.clipped_variance(variance, steps, pixels=2), generator)
 
 
 def sample_analytic_ddim(method: DDPM, net, x, budget, generator) -> SolverResult:
     """Analytic-DDIM: DDIM's mean (lambda = 0) with the optimal variance sigma*^2 (Bao et al. 2022), the step
     onto tau_1 clipped to 1 pixel bin on images."""
-    steps = method.timesteps(budget)
-    variance = method.clipped_variance(lambda r, s: method.analytic_variance(r, s, 0.0), steps, pixels=1)
-    return method.implicit(net, x, steps, generator, lambda r, s: 0.0, variance)
-
-
-def log_snr_timesteps(method: DDPM, budget: int) -> list[int]:
-    """tau_1 < ... < tau_S: the chain's steps nearest to a grid uniform in log-SNR from step T to step 1
-    (Lu et al. 2022's "logSNR" steps on a discrete chain), repeats pushed up by one as in the quadratic
-    skipping and then, where that passes step T, pulled down to T - (S - i), so that S = budget steps
-    strictly increase within 1..T (near S = T a clamp at T repeated steps: a zero log-SNR step)."""
-    budget = min(budget, method.num_steps)
-    log_snr = 0.5 * (method.alpha_bars.log() - (1 - method.alpha_bars).log())  # log(alpha / sigma), steps 0..T
-    targets = torch.linspace(float(log_snr[1]), float(log_snr[method.num_steps]), budget, dtype=torch.float64)
-    nearest = (log_snr[1:, None] - targets[None]).abs().argmin(0) + 1
-    offset = torch.arange(budget)
-    steps = torch.cummax(nearest - offset, 0).values + offset
-    return torch.minimum(steps, method.num_steps - budget + 1 + offset).tolist()
-
-
-def sample_dpm_solver_pp(method: DDPM, net, x, budget, generator, order: int = 2) -> SolverResult:
-    """DPM-Solver++(2M) (Lu et al. 2022) on DDPM's chain viewed as a path: the chain's steps nearest to a
-    log-SNR-uniform grid (log_snr_timesteps), then 0, with DDIM's x0_hat (clipped as DDIM's on images); its
-    first order is DDIM (eta = 0) on those steps. On DDIM's uniform sub-sequence the second order
-    extrapolates across the large log-SNR jump of the last steps: W2 0.52 at 10 NFE on eight_gaussians
-    against DDIM's 0.20."""
-    steps = log_snr_timesteps(method, budget)
-    grid = torch.tensor([*reversed(steps), 0], dtype=torch.float64) / method.num_steps
-
-    def x0(x: Tensor, t: Tensor) -> Tensor:
-        return method.eps_and_x0(net, x, round(float(t[0]) * method.num_steps))[1]
-
-    return dpm_solver_pp(x0, x, grid, method.alpha_sigma, order)
+    grid = method.time_grid(budget, "uniform")
+    variance = method.clipped_variance(lambda r, s: method.analytic_variance(r, s, 0.0), method.timesteps(budget),
+                                       pixels=1)
+    return implicit_chain(method.alpha_sigma, method.data_and_noise_fn(net), x, grid, lambda t, t_next: 0.0,
+                          variance, generator)
 
 
 DDPM.samplers = {
-    "ancestral_beta": SamplerSpec(sample_ancestral_beta, description="ancestral, variance beta"),
-    "ancestral_posterior": SamplerSpec(sample_ancestral_posterior, description="ancestral, posterior variance"),
     "analytic_ddpm": SamplerSpec(sample_analytic_ddpm, description="Analytic-DPM, DDPM mean, optimal variance"),
     "analytic_ddim": SamplerSpec(sample_analytic_ddim, description="Analytic-DPM, DDIM mean, optimal variance"),
-    "dpm_solver_pp_2m": SamplerSpec(sample_dpm_solver_pp, description="DPM-Solver++(2M) on log-SNR-uniform chain steps"),
 }

@@ -13,13 +13,13 @@ from pydantic import Field
 from torch import Tensor
 
 from pipeline import rng
-from pipeline.schema import MethodConfig
-from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
+from pipeline.schema import AffineConfig
+from pipeline.methods.affine import AffineMethod
 from pipeline.parameterization import Prediction
 from pipeline.paths import LinearPath
 
 
-class FlowMatchingConfig(MethodConfig):
+class FlowMatchingConfig(AffineConfig):
     sigma_min: float = Field(0.0, ge=0, lt=1)
 
 
@@ -30,7 +30,6 @@ class FlowMatching(AffineMethod):
     t_end_sample = 0.0
     t_start_likelihood = 0.0
     denoise_final = False
-    samplers = dict(ODE_SAMPLERS)
 
     def __init__(self, config: FlowMatchingConfig, data_shape):
         super().__init__(config, data_shape)

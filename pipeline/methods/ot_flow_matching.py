@@ -83,6 +83,9 @@ class OTFlowMatching(FlowMatching):
     """FlowMatching whose minibatch coupling is the exact OT plan (Tong et al. 2024, Alg. 1 with sigma = sigma_min)."""
 
     Config = OTFlowMatchingConfig
+    #: the OT plan couples noise and data, so q(x_s | x_r, x0) is not the path's Gaussian posterior: the ODE
+    #: samplers and DDIM with eta = 0, not the stochastic chains
+    capabilities = frozenset({"ode", "affine_ode"})
 
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         noise = rng.normal(tuple(batch.shape), generator, batch.device)

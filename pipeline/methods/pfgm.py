@@ -32,7 +32,7 @@ outputs (Method.extra_outputs = 1).
 Prior at z = z_max: x = z_max g/|g'| with g ~ N(0, I_d), g' ~ N(0, 1), which has the radius law of the
 code's Beta(d/2, 1/2) trick; the radius is clipped to [1, upper_norm]. Backward ODE in s = ln z:
     dx/ds = z v_x / v_z = -E^_x = -N v_x / sqrt(d),   from ln z_max down to ln z_min,
-with adaptive RK45 (`ode_rk45`) or Euler on a uniform grid in s (`ode_euler`). The network gives
+with adaptive RK45 (`ode_rk45`) or Euler or Heun on a uniform grid in s (`ode_euler`, `ode_heun`). The network gives
 1/N two ways: from its z-part, -v_z/(sqrt(d) z), singular where the prediction reaches v_z = 0, and
 from its x-part through the formula above, exact near the plane and ill-conditioned far out
 (a -> 1). The code divides by v_z + 1e-5 above z_exp and substitutes the x-part estimate below
@@ -70,8 +70,8 @@ from torch import Tensor, nn
 from pipeline import rng
 from pipeline.schema import MethodConfig
 from pipeline.likelihood import ode_log_likelihood
-from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, SamplerSpec, call_network
-from pipeline.solvers import SolverResult, ode_euler, ode_rk45, uniform_grid
+from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, call_network
+from pipeline.samplers import FlowODE
 
 
 class PFGMConfig(MethodConfig):
@@ -158,25 +158,11 @@ def smooth_floor(value: Tensor, floor: Tensor, sharpness: float = 20.0) -> Tenso
     return floor * (1 + nn.functional.softplus(sharpness * (value / floor - 1)) / sharpness)
 
 
-def sample_euler(method: "PFGM", net: nn.Module, x: Tensor, budget: int, generator) -> SolverResult:
-    """Euler on dx/ds, `budget` uniform steps in s = ln z from ln z_max to ln z_min."""
-    grid = uniform_grid(budget, math.log(method.config.z_max), math.log(method.config.z_min))
-    return ode_euler(method.drift_fn(net), x, grid)
-
-
-def sample_rk45(method: "PFGM", net: nn.Module, x: Tensor, budget, generator) -> SolverResult:
-    """Adaptive Dormand-Prince (rtol = atol = 1e-5) on dx/ds from ln z_max to ln z_min (Xu et al. 2022, sec. 4)."""
-    return ode_rk45(method.drift_fn(net), x, math.log(method.config.z_max), math.log(method.config.z_min))
-
-
 class PFGM(Method):
     Config = PFGMConfig
     extra_outputs = 1
-    samplers = {
-        "ode_euler": SamplerSpec(sample_euler, description="backward Poisson-field ODE in ln z, Euler"),
-        "ode_rk45": SamplerSpec(sample_rk45, uses_budget=False,
-                                description="backward Poisson-field ODE in ln z, RK45"),
-    }
+    #: the shared ODE samplers (pipeline.samplers) on the backward Poisson-field ODE in ln z (probability_flow)
+    capabilities = frozenset({"ode"})
 
     def __init__(self, config: PFGMConfig, data_shape):
         super().__init__(config, data_shape)
@@ -263,6 +249,10 @@ class PFGM(Method):
         d, z_max = self.dim, self.config.z_max
         log_c = math.lgamma((d + 1) / 2) - (d + 1) / 2 * math.log(math.pi)
         return log_c + math.log(z_max) - (d + 1) / 2 * torch.log(x.flatten(1).pow(2).sum(1) + z_max**2)
+
+    def probability_flow(self, net: nn.Module) -> FlowODE:
+        """dx/ds from s = ln z_max to ln z_min (Xu et al. 2022, sec. 4)."""
+        return FlowODE(self.drift_fn(net), math.log(self.config.z_max), math.log(self.config.z_min))
 
     def drift_fn(self, net: nn.Module):
         """dx/ds = -N v_x / sqrt(d) in s = ln z, 1/N blended from the z- and x-part estimates and floored at

@@ -37,7 +37,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from pipeline.schema import Strict, TrainOverrides
-from pipeline.methods.affine import ODE_SAMPLERS, device_of, flow_path_metrics
+from pipeline.methods.affine import device_of, flow_path_metrics
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods.ot_flow_matching import coupled_regression_loss
@@ -80,7 +80,9 @@ class RectifiedFlow(FlowMatching):
     Config = RectifiedFlowConfig
     #: settings of a flow derived from this one by reflow (params.yaml's `reflow` section)
     ReflowConfig = ReflowSettings
-    samplers = {name: ODE_SAMPLERS[name] for name in ("ode_euler", "ode_rk45", "dpm_solver_pp_2m")}
+    #: a reflowed flow couples its noise with its data (the pairs (Z0, Z1)), so q(x_s | x_r, x0) is no longer
+    #: the path's Gaussian posterior: it keeps the ODE samplers and DDIM with eta = 0, not the stochastic ones
+    derived_capabilities = frozenset({"ode", "affine_ode"})
 
     def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
                       rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:

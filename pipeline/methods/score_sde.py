@@ -6,10 +6,11 @@ with s_theta = -eps_theta / sigma_t (methods.md 2.4-2.6). For VE an eps-network 
 score network. The loss is averaged over dimensions (the VP configs of the released code; the VE configs
 sum and halve, a constant factor).
 
-Samplers (methods.md 2.7) run from t = 1 to t = 1e-3 and finish with Tweedie's denoising step:
-  euler_maruyama  the reverse SDE dx = [f x - g^2 s] dt + g dw_bar,
+Samplers (methods.md 2.7; pipeline.samplers, shared) run from t = 1 to t = 1e-3 and finish with Tweedie's
+denoising step:
+  euler_maruyama  the reverse SDE dx = [f x - g^2 s] dt + g dw_bar (reverse_sde below),
   pc              reverse-diffusion predictor + one Langevin corrector step (signal-to-noise rule),
-  ode_*           the probability-flow ODE dx/dt = f x - 1/2 g^2 s (shared with every affine method).
+  ode_*, dpm_solver_pp_2m, ddim-*, ancestral_*  as on every affine path.
 The likelihood is the probability-flow ODE's (AffineMethod.log_likelihood).
 """
 
@@ -19,15 +20,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from pipeline.schema import MethodConfig
-from pipeline.methods.affine import ODE_SAMPLERS, AffineMethod
-from pipeline.methods.base import SamplerSpec
+from pipeline.schema import AffineConfig
+from pipeline.methods.affine import AffineMethod
 from pipeline.parameterization import Prediction
 from pipeline.paths import SubVPPath, VEPath, VPPath
-from pipeline.solvers import SolverResult, predictor_corrector, sde_euler_maruyama, uniform_grid
 
 
-class VPSDEConfig(MethodConfig):
+class VPSDEConfig(AffineConfig):
     beta_min: float = Field(0.1, gt=0)
     beta_max: float = Field(20.0, gt=0)
     #: signal-to-noise ratio r of the PC sampler's Langevin corrector (0.16 as Song et al.'s VE setting)
@@ -40,7 +39,7 @@ class VPSDEConfig(MethodConfig):
         return self
 
 
-class VESDEConfig(MethodConfig):
+class VESDEConfig(AffineConfig):
     sigma_min: float = Field(0.01, gt=0)
     #: must be at least the data's diameter, or the prior misses modes (methods.md 6.2)
     sigma_max: float = Field(10.0, gt=0)
@@ -57,6 +56,7 @@ class ScoreSDE(AffineMethod):
     """An eps-network on one of Song et al.'s SDE paths; subclasses choose the path."""
 
     prediction = Prediction.EPS
+    capabilities = AffineMethod.capabilities | {"reverse_sde"}
 
     def reverse_sde(self, net):
         """Drift f x - g^2 s and diffusion g of the reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6)."""
@@ -80,34 +80,10 @@ class ScoreSDE(AffineMethod):
         return a, float(c.sigma**2 - a**2 * c_next.sigma**2)
 
 
-def sample_euler_maruyama(method: ScoreSDE, net, x: Tensor, budget: int, generator) -> SolverResult:
-    """Euler-Maruyama on the reverse SDE, budget - 1 steps from t = 1 to 1e-3, then Tweedie's denoising step."""
-    drift, diffusion = method.reverse_sde(net)
-    grid = uniform_grid(max(budget - 1, 1), 1.0, method.t_end_sample)
-    result = sde_euler_maruyama(drift, diffusion, x, grid, generator, final_noise=True)
-    return method.denoise(net, result)
-
-
-def sample_predictor_corrector(method: ScoreSDE, net, x: Tensor, budget: int, generator) -> SolverResult:
-    """Reverse-diffusion predictor + one Langevin corrector step per time (Song et al. 2021, Alg. 2-3):
-    2 NFE per step, so budget // 2 steps, then Tweedie's denoising step."""
-    grid = uniform_grid(max(budget // 2, 1), 1.0, method.t_end_sample)
-    result = predictor_corrector(method.score_fn(net), method.transition, x, grid, generator, method.config.snr)
-    return method.denoise(net, result)
-
-
-SDE_SAMPLERS = {
-    "euler_maruyama": SamplerSpec(sample_euler_maruyama, description="reverse SDE, Euler-Maruyama"),
-    "pc": SamplerSpec(sample_predictor_corrector, description="reverse diffusion + Langevin corrector"),
-    **ODE_SAMPLERS,
-}
-
-
 class VPSDE(ScoreSDE):
     """VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (Song et al. 2021, eq. 11)."""
 
     Config = VPSDEConfig
-    samplers = dict(SDE_SAMPLERS)
 
     def __init__(self, config: VPSDEConfig, data_shape):
         super().__init__(config, data_shape)
@@ -118,7 +94,6 @@ class SubVPSDE(ScoreSDE):
     """sub-VP SDE (Song et al. 2021, eq. 34): VP's mean, standard deviation 1 - alpha_t^2."""
 
     Config = VPSDEConfig
-    samplers = dict(SDE_SAMPLERS)
 
     def __init__(self, config: VPSDEConfig, data_shape):
         super().__init__(config, data_shape)
@@ -130,7 +105,6 @@ class VESDE(ScoreSDE):
     (Song et al. 2021, eq. 9)."""
 
     Config = VESDEConfig
-    samplers = dict(SDE_SAMPLERS)
 
     def __init__(self, config: VESDEConfig, data_shape):
         super().__init__(config, data_shape)

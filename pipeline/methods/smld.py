@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
-from pipeline import rng
+from pipeline import grids, rng
 from pipeline.schema import MethodConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.methods.base import EvalContext, LikelihoodRecord, SamplerSpec
@@ -49,6 +49,8 @@ class SMLDConfig(MethodConfig):
 class SMLD(AffineMethod):
     Config = SMLDConfig
     prediction = Prediction.EPS
+    #: trained at L noise levels only, so it runs none of the shared samplers of a continuous path
+    capabilities = frozenset()
     t_end_sample = 0.0
     denoise_final = False
 
@@ -73,11 +75,11 @@ class SMLD(AffineMethod):
 
 
 def sample_annealed_langevin(method: SMLD, net, x: Tensor, budget: int, generator) -> SolverResult:
-    """Annealed Langevin dynamics, eta_i = eps sigma_i^2 / sigma_L^2, T = budget // L steps per level,
-    then NCSNv2's denoising step; NFE = L T (+ 1)."""
+    """Annealed Langevin dynamics, eta_i = eps sigma_i^2 / sigma_L^2, T steps per level within the budget
+    (pipeline.grids.steps_within: L T + 1 <= budget with the final step), then NCSNv2's denoising step."""
     sigmas = method.level_sigmas()
     step_sizes = method.config.step_size * sigmas**2 / sigmas[-1] ** 2
-    steps_per_level = max(1, budget // method.config.num_levels)
+    steps_per_level = grids.steps_within(budget, method.config.num_levels, int(method.config.final_denoise))
     result = annealed_langevin(method.score_fn(net), x, method.level_times, step_sizes, steps_per_level, generator)
     if not method.config.final_denoise:
         return result

@@ -1,0 +1,84 @@
+"""The shared sampler table (pipeline.samplers) on every path that can run it, against the analytic oracle,
+and the grids and the budget rule (pipeline.grids)."""
+
+import pytest
+import torch
+
+from pipeline import grids
+from pipeline.methods import METHODS, build_method
+from pipeline.metrics import w2_exact
+from pipeline.samplers import SAMPLERS, ddim_samplers
+
+GAUSSIAN_PATHS = ["vp_sde", "subvp_sde", "ve_sde", "flow_matching", "rectified_flow"]
+CROSS_SAMPLERS = ["ddim-eta0.0-uniform", "ddim-eta0.0-quadratic", "ddim-eta1.0-uniform", "ddim-eta1.0-quadratic",
+                  "ancestral_beta", "ancestral_posterior", "ode_heun"]
+
+
+def _method(name):
+    cls = METHODS[name]
+    return cls(cls.Config(), (2,))
+
+
+@pytest.mark.parametrize("sampler", CROSS_SAMPLERS)
+@pytest.mark.parametrize("name", GAUSSIAN_PATHS)
+def test_a_shared_sampler_fed_the_oracle_reproduces_the_mixture(mixture, mixture_reference, name, sampler):
+    """DDIM, ancestral sampling and Heun, which ran on DDPM (or the SDEs) only, on every Gaussian path."""
+    method = _method(name)
+    net = mixture.network(method.path, method.prediction)
+    result = method.sample(net, sampler, 100, 1500, torch.Generator().manual_seed(7))
+    reference, floor = mixture_reference
+    w2 = w2_exact(result.x.numpy(), reference)
+    assert w2 < 1.5 * floor, (name, sampler, w2, floor)
+    assert result.nfe <= 100
+
+
+def test_on_the_linear_path_deterministic_ddim_is_euler(mixture):
+    """alpha_t = 1 - t, sigma_t = t: x_s = alpha_s x0_hat + sigma_s eps_hat is x_t + (s - t) v exactly."""
+    method = _method("flow_matching")
+    net = mixture.network(method.path, method.prediction)
+    ddim = method.sample(net, "ddim-eta0.0-uniform", 10, 300, torch.Generator().manual_seed(4))
+    euler = method.sample(net, "ode_euler", 10, 300, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(ddim.x, euler.x, rtol=1e-5, atol=1e-5)  # float32 rounding
+
+
+def test_on_a_continuous_path_ddim_with_eta_one_is_ancestral_with_the_posterior_variance(mixture):
+    """The identity Song, Meng, Ermon 2021 eq. 16 states for DDPM holds on any affine path (VP here)."""
+    method = _method("vp_sde")
+    net = mixture.network(method.path, method.prediction)
+    ddim = method.sample(net, "ddim-eta1.0-uniform", 50, 256, torch.Generator().manual_seed(3))
+    ancestral = method.sample(net, "ancestral_posterior", 50, 256, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ddim.x, ancestral.x, rtol=1e-4, atol=1e-4)
+
+
+def test_the_capabilities_decide_the_table():
+    """Stochastic chains need the path's Gaussian posterior: not on OT-coupled or reflowed flows, whose noise
+    is coupled with the data; DDPM's discrete chain has no continuous ODE; SMLD has only its own sampler."""
+    assert {"ancestral_beta", "ddim-eta1.0-uniform"} & set(_method("ot_flow_matching").samplers) == set()
+    assert {"ddim-eta0.0-uniform", "dpm_solver_pp_2m", "ode_heun"} <= set(_method("ot_flow_matching").samplers)
+    reflowed = build_method("rectified_flow_2", METHODS["rectified_flow"].Config(), (2,))
+    assert "ancestral_beta" not in reflowed.samplers and "ancestral_beta" in _method("rectified_flow").samplers
+    assert "ode_euler" not in _method("ddpm").samplers
+    assert set(_method("smld").samplers) == {"annealed_langevin"}
+    assert set(_method("pfgm").samplers) == {"ode_euler", "ode_heun", "ode_rk45"}
+    for name in ["vp_sde", "subvp_sde", "ve_sde"]:
+        assert set(SAMPLERS) | set(ddim_samplers([0.0, 1.0], ["uniform", "quadratic"])) == set(_method(name).samplers)
+
+
+@pytest.mark.parametrize("budget, per_step, finishing, steps", [
+    (1000, 1, 0, 1000), (1000, 1, 1, 999), (1000, 2, 1, 499), (10, 2, 1, 4), (10, 2, 0, 5), (1, 2, 1, 1),
+    (1000, 10, 1, 99)])
+def test_the_budget_rule(budget, per_step, finishing, steps):
+    assert grids.steps_within(budget, per_step, finishing) == steps
+
+
+def test_the_grids_run_from_the_noise_end_to_the_data_end():
+    for spacing in ["uniform", "quadratic"]:
+        grid = grids.continuous(spacing, 8, 1.0, 1e-3)
+        assert grid[0] == 1.0 and grid[-1] == 1e-3 and len(grid) == 9 and (grid.diff() < 0).all()
+    quadratic = grids.quadratic(4, 1.0, 0.0)
+    torch.testing.assert_close(quadratic, torch.tensor([1.0, 0.5625, 0.25, 0.0625, 0.0], dtype=torch.float64))
+    # a flow's log-SNR is infinite at its noise end: log-SNR spacing falls back to uniform there
+    flow = _method("flow_matching")
+    torch.testing.assert_close(grids.continuous("log_snr", 5, 1.0, 0.0, flow.log_snr), grids.uniform(5))
+    with pytest.raises(ValueError, match="unknown spacing"):
+        grids.continuous("cubic", 5, 1.0, 0.0)
