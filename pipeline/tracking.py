@@ -2,8 +2,9 @@
 
 The final DVC stage publishes, from the files the stages wrote, one parent run per pipeline
 state (the hash of dvc.lock without this stage's own entry) and one child run per method x data
-set x seed, with params, the replayed loss curve, every metric by sampler and NFE, and the
-figures. Publishing is idempotent: a state already published is skipped. Because it reads only
+set x seed, with params, the replayed loss curve, every metric of the metric table
+(pipeline.metric_table) by sampler and NFE, each headline score's best value over the samplers as
+`best/<metric>` (a column of the MLflow runs table to sort methods by), and the figures. Publishing is idempotent: a state already published is skipped. Because it reads only
 DVC outputs, a stage that DVC skipped or restored from its cache never leaves a hole.
 """
 
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pipeline import metric_table
 from pipeline.config import Params
 from pipeline.data import DATASETS
-from pipeline.errors import TrackingError
+from pipeline.errors import StageError, TrackingError
 from pipeline.io import sha256_bytes
-from pipeline.errors import StageError
 from pipeline.layout import convergence_file, loss_file, model_file
 
 if TYPE_CHECKING:
@@ -138,8 +139,7 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
             curve = pd.read_csv(curve_path)
             metrics += [Metric("train_loss", float(row.loss), now, int(row.step)) for row in curve.itertuples()]
         rows = results[(results.method == method) & (results.dataset == dataset) & (results.seed == seed)]
-        metrics += [Metric(f"{row.metric}/{row.sampler}", float(row.value), now, int(row.nfe))
-                    for row in rows.itertuples() if pd.notna(row.value)]
+        metrics += _table_metrics(rows, DATASETS[dataset], now)
         # the convergence study (train.snapshots): each metric's history over training steps
         convergence_path = convergence_file(root, method, dataset, seed)
         if convergence_path.exists():
@@ -148,3 +148,23 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
                         for row in convergence.itertuples() if pd.notna(row.value)]
         for start in range(0, len(metrics), 1000):  # MLflow's largest batch
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
+
+
+def _table_metrics(rows: pd.DataFrame, kind: str, now: int) -> list:
+    """MLflow metrics of one run's results.csv rows, as the metric table names them: `<metric>/<sampler>` at
+    step NFE for every row, and `best/<metric>` for each headline score (its best sampler x NFE, in the
+    table's direction). A metric the table does not know is an error, as in the evaluation."""
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    unknown = sorted({name for name in rows.metric.unique() if not metric_table.known(name, kind)})
+    if unknown:
+        raise StageError(f"results.csv has metrics the metric table (pipeline/metric_table.py) does not know for "
+                         f"{kind} data: {', '.join(unknown)}")
+    rows = rows[pd.notna(rows.value)]
+    metrics = [Metric(f"{row.metric}/{row.sampler}", float(row.value), now, int(row.nfe)) for row in rows.itertuples()]
+    for name, lower_is_better in metric_table.directions(kind, table="headline").items():
+        values = rows.value[rows.metric == name]
+        if len(values):
+            metrics.append(Metric(f"best/{name}", float(values.min() if lower_is_better else values.max()), now, 0))
+    return metrics

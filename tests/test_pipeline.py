@@ -101,6 +101,11 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert "git_commit" in child.data.tags and "pipeline_state" in child.data.tags
     assert any(key.startswith("w2/") for key in child.data.metrics)
+    # the metric table's headline scores, each at its best sampler x NFE, as sortable columns
+    results = pd.read_csv(smoke_repo / "reports" / "results.csv")
+    w2 = results[(results.method == "flow_matching") & (results.dataset == child.data.tags["dataset"])
+                 & (results.seed == int(child.data.tags["seed"])) & (results.metric == "w2")]
+    assert child.data.metrics["best/w2"] == pytest.approx(w2.value.min())
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert len(history) > 1
     # the convergence rows of the snapshots (profiles/smoke.yaml gives flow_matching two) as step histories
