@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -468,6 +469,38 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     import matplotlib
 
     matplotlib.use("Agg")
+    _samples_figure(root, frame, params, out)
+    for dataset in (d for d in params.datasets if DATASETS[d] == "image"):
+        _image_figures(root, frame, params, dataset, out)
+    _quality_figure(frame, params, out)
+    _loss_figure(root, params, out)
+
+
+#: what picks a method's sampler in the sample figure, per data kind: (metric, lower is better)
+FIGURE_PICK = {"toy": ("coverage", False), "image": ("fid", True)}
+
+
+def best_at_largest_budget(frame: pd.DataFrame, index: list[dict], method: str, dataset: str, seed: int) -> dict:
+    """The index row of a method's best sampler at its largest budget: each sampler at its largest NFE,
+    the best of them by FIGURE_PICK's metric (coverage on 2-D sets, FID on images), ties to the first."""
+    metric, lower = FIGURE_PICK[DATASETS[dataset]]
+    largest = {}
+    for row in index:
+        if row["sampler"] not in largest or row["nfe"] > largest[row["sampler"]]["nfe"]:
+            largest[row["sampler"]] = row
+    scores = frame[(frame.method == method) & (frame.dataset == dataset) & (frame.seed == seed)
+                   & (frame.metric == metric)].set_index(["sampler", "nfe"]).value
+
+    def score(row: dict) -> float:
+        value = scores.get((row["sampler"], row["nfe"]), math.nan)
+        return math.inf if not math.isfinite(value) else (value if lower else -value)
+
+    return min(largest.values(), key=score)
+
+
+def _samples_figure(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None:
+    """samples.png: per data set (columns) the held-out data and each method at its best sampler at its
+    largest budget (best_at_largest_budget), the pick's metric in the title."""
     import matplotlib.pyplot as plt
 
     from pipeline import data as datasets
@@ -478,32 +511,42 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
     for j, dataset in enumerate(params.datasets):
         data = datasets.load(data_file(root, dataset))
-        flat = data.kind == "toy"
-        lim = np.quantile(np.abs(data.test), 0.995) * 1.3 if flat else None
-        panels = [("data", data.test)]
+        metric = FIGURE_PICK[data.kind][0]
+        panels = [(f"{dataset}\ndata", data.test)]
         for method in methods:
             index, samples = load_samples(samples_file(root, method, dataset, seed))
-            first = index[0]["sampler"]
-            best = max((r for r in index if r["sampler"] == first), key=lambda r: r["nfe"])
-            panels.append((f"{method}\n{first} ({best['nfe']})", samples[best["key"]]))
+            best = best_at_largest_budget(frame, index, method, dataset, seed)
+            value = frame[(frame.method == method) & (frame.dataset == dataset) & (frame.seed == seed)
+                          & (frame.sampler == best["sampler"]) & (frame.nfe == best["nfe"]) & (frame.metric == metric)]
+            shown = f", {metric} {value.value.iloc[0]:.2f}" if len(value) else ""
+            panels.append((f"{method}\n{best['sampler']} ({best['nfe']}){shown}", samples[best["key"]]))
+        lim = np.quantile(np.abs(data.test), 0.995) * 1.3 if data.kind == "toy" else None
         for i, (title, x) in enumerate(panels):
-            ax = axes[i, j]
-            if flat:
-                x = x[np.isfinite(x).all(1)][:2000]
-                ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, rasterized=True)
-                ax.set_xlim(-lim, lim)
-                ax.set_ylim(-lim, lim)
-            else:
-                ax.imshow(image_grid(x, 6), cmap="gray", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title if i else f"{dataset}\ndata", fontsize=7)
+            _sample_panel(axes[i, j], x, lim, title)
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=90)
     plt.close(fig)
-    for dataset in (d for d in params.datasets if DATASETS[d] == "image"):
-        _image_figures(root, frame, params, dataset, out)
 
+
+def _sample_panel(ax, x: np.ndarray, lim: float | None, title: str) -> None:
+    """A scatter of 2-D points within +-lim, or an image grid (lim None)."""
+    if lim is not None:
+        x = x[np.isfinite(x).all(1)][:2000]
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, rasterized=True)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    else:
+        ax.imshow(image_grid(x, 6), cmap="gray", interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=6)
+
+
+def _quality_figure(frame: pd.DataFrame, params: Params, out: Path) -> None:
+    """w2_vs_nfe.png: W2 (FID on image sets) against NFE per method x sampler, and the data floor."""
+    import matplotlib.pyplot as plt
+
+    cols = len(params.datasets)
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.2), squeeze=False)
     curves = {"toy": frame[frame.metric == "w2"], "image": frame[frame.metric == "fid"]}  # FID on image sets
     for j, dataset in enumerate(params.datasets):
@@ -530,10 +573,17 @@ def _figures(root: Path, frame: pd.DataFrame, params: Params, out: Path) -> None
     fig.savefig(out / "w2_vs_nfe.png", dpi=90)
     plt.close(fig)
 
+
+
+def _loss_figure(root: Path, params: Params, out: Path) -> None:
+    """loss_curves.png: each method's training loss per data set."""
+    import matplotlib.pyplot as plt
+
+    seed, cols = params.seeds[0], len(params.datasets)
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.0), squeeze=False)
     for j, dataset in enumerate(params.datasets):
         ax = axes[0, j]
-        for method in methods:
+        for method in params.evaluated_methods():
             path = loss_file(root, method, dataset, seed)
             if path.exists():
                 curve = pd.read_csv(path)

@@ -149,3 +149,15 @@ def test_the_cycle_check_finds_a_cycle(monkeypatch):
 def test_the_schema_and_errors_are_leaves():
     assert imports_of("pipeline.schema") == set()
     assert imports_of("pipeline.errors") == set()
+
+
+STAGE_AND_REPORT_CODE = ["cli.py", "stages.py", "prepare.py", "evaluation.py", "store.py", "layout.py", "report.py",
+                         "convergence.py", "tracking.py"]
+
+
+@pytest.mark.parametrize("module", STAGE_AND_REPORT_CODE)
+def test_no_function_in_the_stage_and_report_code_is_over_60_lines(module):
+    tree = ast.parse((PACKAGE / module).read_text())
+    long = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60}
+    assert not long, f"pipeline/{module}: {long}"

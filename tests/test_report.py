@@ -104,3 +104,21 @@ def test_the_learned_check_asks_for_every_mode_and_coverage_within_ten_percent_o
     text = "\n".join(learned_lines(frame, params, convergence))
     assert "2 of 4 pass" in text and "ddpm on eight_gaussians (coverage 0.950 against 0.970, 7 of 8 modes)" in text
     assert "at 5000 steps the convergence study reaches coverage 0.960 and 8 modes, so more training gets there" in text
+
+
+def test_the_sample_figure_shows_each_methods_best_sampler_at_its_largest_budget():
+    """Not the first sampler of the table (which drew a ring for eight_gaussians while another had the modes)."""
+    from pipeline.report import best_at_largest_budget
+
+    frame = _frame([
+        ("moons", "ddpm", "ancestral_beta", 1000, 0, "coverage", 0.80),
+        ("moons", "ddpm", "ddim-eta0.0-uniform", 1000, 0, "coverage", 0.95),
+        ("moons", "ddpm", "ddim-eta0.0-uniform", 10, 0, "coverage", 0.99),   # not its largest budget
+        ("moons", "ddpm", "dpm_solver_pp_2m", 1000, 0, "coverage", 0.90),
+        ("moons", "ddpm", "dpm_solver_pp_2m", 1000, 1, "coverage", 0.99),     # another seed
+    ])
+    index = [{"key": f"{s}-{n}", "sampler": s, "nfe": n} for s, n in
+             [("ancestral_beta", 1000), ("ddim-eta0.0-uniform", 1000), ("ddim-eta0.0-uniform", 10),
+              ("dpm_solver_pp_2m", 1000)]]
+    assert best_at_largest_budget(frame, index, "ddpm", "moons", 0)["key"] == "ddim-eta0.0-uniform-1000"
+    assert best_at_largest_budget(frame, index, "ddpm", "moons", 1)["key"] == "dpm_solver_pp_2m-1000"
