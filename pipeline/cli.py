@@ -87,8 +87,8 @@ def _run(action):
 
 def _check_names(params, method: str | None = None, dataset: str | None = None, seed: int | None = None,
                  derived: bool = False) -> None:
-    """derived: also accept the methods of params.yaml's `reflow` section (made by `pipeline reflow`)."""
-    accepted = [*params.methods, *(params.reflow if derived else [])]
+    """derived: also accept the methods params.yaml's `reflow` section makes (made by `pipeline reflow`)."""
+    accepted = params.evaluated_methods() if derived else list(params.methods)
     if method is not None and method not in accepted:
         _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(accepted)})", 2)
     if dataset is not None and dataset not in params.datasets:
@@ -169,7 +169,7 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
     def action(params):
         _check_names(params, method, dataset, seed, derived=True)
         root = _state["root"]
-        make = run_reflow if method in params.reflow else run_train
+        make = run_reflow if params.is_derived(method) else run_train
         typer.echo(f"wrote {make(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_sample(root, params, method, dataset, seed, progress)}")
         typer.echo(f"wrote {run_evaluate(root, params, method, dataset, seed)}")
@@ -179,15 +179,16 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
 
 
 @app.command()
-def reflow(method: str = typer.Option(..., "--method", "-m", help="Derived method of params.yaml's `reflow`."),
+def reflow(method: str = typer.Option(..., "--method", "-m", help="A method params.yaml's `reflow` makes."),
            dataset: str = DatasetOpt, seed: int = SeedOpt,
            progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
     """Make a derived flow by reflow: coupled pairs from its source flow's ODE, then training on them."""
     from pipeline.stages import run_reflow
 
     def action(params):
-        if method not in params.reflow:
-            _fail(f"--method {method!r} is not in params.yaml's reflow ({', '.join(params.reflow) or 'empty'})", 2)
+        if not params.is_derived(method):
+            derived = [name for name in params.evaluated_methods() if params.is_derived(name)]
+            _fail(f"--method {method!r} is not made by params.yaml's reflow ({', '.join(derived) or 'empty'})", 2)
         _check_names(params, dataset=dataset, seed=seed)
         typer.echo(f"wrote {run_reflow(_state['root'], params, method, dataset, seed, progress)}")
 
@@ -288,14 +289,15 @@ def list_names() -> None:
     typer.echo("data sets:")
     for name, kind in DATASETS.items():
         typer.echo(f"  {name} ({kind})")
-    from pipeline.methods import DERIVED_METHODS
+    from pipeline.methods import build_method, reflowed_name
 
     typer.echo("methods and samplers (with each method's default settings):")
     for name, cls in METHODS.items():
-        method = cls(cls.Config(), (2,))
-        typer.echo(f"  {name}: {', '.join(method.samplers)}")
-    for name, source in DERIVED_METHODS.items():
-        typer.echo(f"  {name}: made from {source} by `reflow` (params.yaml section reflow.{name})")
+        typer.echo(f"  {name}: {', '.join(build_method(name, cls.Config(), (2,)).samplers)}")
+        if cls.ReflowConfig is not None:
+            reflowed = build_method(name, cls.Config(), (2,), reflowed=True)
+            typer.echo(f"  {reflowed_name(name)}: made from {name} by `reflow` (params.yaml section reflow.{name}): "
+                       f"{', '.join(reflowed.samplers)}")
 
 
 def entry() -> None:

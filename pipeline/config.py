@@ -24,10 +24,10 @@ class Params(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     datasets: list[str] = Field(min_length=1)
     methods: dict[str, Any] = Field(min_length=1)
-    #: methods a later stage makes from another method's model (pipeline.methods.DERIVED_METHODS), with
-    #: their settings; e.g. rectified_flow_2, the reflow of rectified_flow. Empty: no such stages.
+    #: reflow rounds, keyed by the method they are made from (its class's ReflowConfig), each evaluated as
+    #: pipeline.methods.reflowed_name(method), e.g. rectified_flow_2. Empty: no such stages.
     reflow: dict[str, Any] = Field(default_factory=dict)
-    #: each derived method's source method (pipeline.methods.DERIVED_METHODS), filled by validation
+    #: each derived method's source method, filled by validation
     _reflow_sources: dict[str, str] = PrivateAttr(default_factory=dict)
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
@@ -113,17 +113,17 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _validate_reflow(self) -> "Params":
-        from pipeline.methods import DERIVED_METHODS, METHODS
+        from pipeline.methods import METHODS, reflowed_name
 
+        reflowable = [name for name, cls in METHODS.items() if cls.ReflowConfig is not None]
         validated = {}
         for name, section in self.reflow.items():
-            if name not in DERIVED_METHODS:
-                raise ValueError(f"reflow.{name}: unknown derived method; accepted: {', '.join(DERIVED_METHODS)}")
-            source = DERIVED_METHODS[name]
-            if source not in self.methods:
-                raise ValueError(f"reflow.{name}: needs methods.{source}, the method it is made from")
-            self._reflow_sources[name] = source
-            settings_cls = METHODS[source].ReflowConfig
+            if name not in reflowable:
+                raise ValueError(f"reflow.{name}: not a method with a reflow round; accepted: {', '.join(reflowable)}")
+            if name not in self.methods:
+                raise ValueError(f"reflow.{name}: needs methods.{name}, the method it is made from")
+            self._reflow_sources[reflowed_name(name)] = name
+            settings_cls = METHODS[name].ReflowConfig
             try:
                 validated[name] = settings_cls.model_validate({} if section is None else section)
             except ValidationError as error:

@@ -174,8 +174,8 @@ def floor_check_lines(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame 
         known = [r for r in ratios if r == r]
         if known:
             lines[-1] += (f" beside each, the same sampler at the same budget fed the data set's exact score "
-                          f"(pipeline.data.toy.exact_law; for PFGM the exact field of the training split, "
-                          f"pipeline.methods.pfgm.ExactFieldNetwork; {ORACLE_STUDY}, made by "
+                          f"(pipeline.data.toy.exact_law; for PFGM the exact Poisson field of the training split; "
+                          f"{ORACLE_STUDY}, made by "
                           f"scripts/oracle_floor_study.py).")
             if len(known) == len(ratios) and max(known) < 1.5:
                 lines[-1] += (f" Fed the exact target, every one of them is within {max(known):.2f}x the floor, "

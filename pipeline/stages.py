@@ -74,8 +74,9 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     """Reflow (Liu et al. 2023, Alg. 1): coupled pairs (Z0, ODE(Z0)) of the source flow, then the derived
     flow trained on them by the one training loop, starting from the source's EMA weights."""
     if not params.is_derived(method_name):
-        raise StageError(f"--method {method_name!r} is not a derived method of params.yaml's reflow section "
-                         f"({', '.join(params.reflow) or 'empty'})")
+        derived = [name for name in params.evaluated_methods() if params.is_derived(name)]
+        raise StageError(f"--method {method_name!r} is not made by params.yaml's reflow section "
+                         f"({', '.join(derived) or 'empty'})")
     source = params.source_method(method_name)
     reflow = reflow_settings(params, method_name)
     device = resolve_device(params.device)

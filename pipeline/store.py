@@ -34,7 +34,8 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     """Rebuild the method and its EMA network; refuse a model made by other parameters."""
     path = model_file(root, method_name, dataset, seed)
     if not path.exists():
-        stage = f"{'reflow' if params.is_derived(method_name) else 'run'}@{method_name}-{dataset}-{seed}"
+        stage = (f"reflow@{params.source_method(method_name)}" if params.is_derived(method_name)
+                 else f"run@{method_name}") + f"-{dataset}-{seed}"
         raise StageError(f"{path} is missing; run `dvc repro {stage}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -49,9 +50,9 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
         raise StageError(f"{path} was trained as {recipe['method']!r} with other parameters than params.yaml's "
                          f"methods.{source}; run `dvc repro` to retrain")
     if params.is_derived(method_name) and recipe.get("reflow") != reflow_settings(params, method_name).model_dump():
-        raise StageError(f"{path} was made with other settings than params.yaml's reflow.{method_name}; "
+        raise StageError(f"{path} was made with other settings than params.yaml's reflow.{source}; "
                          f"run `dvc repro` to remake it")
-    method = build_method(method_name, config, tuple(saved["data_shape"]))
+    method = build_method(source, config, tuple(saved["data_shape"]), reflowed=params.is_derived(method_name))
     net = method.make_network(network_from_dict(recipe["network"]))
     net.load_state_dict(saved["state_dict"])
     net.to(device).eval()
@@ -60,10 +61,11 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
 
 
 def reflow_settings(params: Params, method_name: str):
-    if method_name not in params.reflow:
-        raise StageError(f"{method_name} is not in params.yaml's reflow section "
+    """The reflow settings of a derived method (params.yaml's reflow.<its source>)."""
+    if not params.is_derived(method_name):
+        raise StageError(f"{method_name} is not made by params.yaml's reflow section "
                          f"({', '.join(params.reflow) or 'empty'})")
-    return params.reflow[method_name]
+    return params.reflow[params.source_method(method_name)]
 
 
 def network_from_dict(section: dict):

@@ -117,9 +117,9 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
     run_tags = {**tags, "pipeline_role": "child", "method": method, "dataset": dataset, "seed": str(seed)}
     with mlflow.start_run(run_name=f"{method}-{dataset}-{seed}", nested=True, tags=run_tags,
                           parent_run_id=parent_id) as run:
-        if method in params.reflow:
+        if params.is_derived(method):
             source = params.source_method(method)
-            settings = {"reflow": params.reflow[method].model_dump(), "source": source,
+            settings = {"reflow": params.reflow[source].model_dump(), "source": source,
                         "method": params.method_config(source).model_dump()}
         else:
             settings = {"method": params.method_config(method).model_dump(),

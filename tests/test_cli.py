@@ -18,7 +18,7 @@ def tiny_params(tmp_path):
     params = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
     params["datasets"] = ["moons"]
     params["methods"] = {"flow_matching": {"budgets": [4], "samplers": ["ode_euler"]}}
-    params["reflow"] = {}  # its rectified_flow_2 needs methods.rectified_flow
+    params["reflow"] = {}  # its round of rectified_flow needs methods.rectified_flow
     params["train"]["toy"].update(steps=30, checkpoint_every=10, log_every=10)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

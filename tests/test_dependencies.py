@@ -87,9 +87,21 @@ def stage_code(command: str) -> set[str]:
     return {MODULES[module].relative_to(REPO).as_posix() for module in closure(command_modules(command))}
 
 
+def method_modules() -> dict[str, str]:
+    """{method name: its module's file}: the module named as the method (one module per method)."""
+    from pipeline.methods import METHODS
+
+    return {name: f"pipeline/methods/{name}.py" for name in METHODS}
+
+
 def declared_code(stage: dict) -> set[str]:
+    """The code files a stage lists; pipeline/methods/${item.method}.py stands for every method's module (one
+    matrix item depends on its own, test_a_method_module_imports_no_other_method checks that this suffices)."""
     files = set()
     for dep in stage["deps"]:
+        if dep == "pipeline/methods/${item.method}.py":
+            files |= set(method_modules().values())
+            continue
         path = REPO / dep
         if dep.startswith("pipeline"):
             files |= ({p.relative_to(REPO).as_posix() for p in path.rglob("*.py")} if path.is_dir() else {dep})
@@ -161,3 +173,33 @@ def test_no_function_in_the_stage_and_report_code_is_over_60_lines(module):
     long = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60}
     assert not long, f"pipeline/{module}: {long}"
+
+
+@pytest.mark.parametrize("path", ["dvc.yaml", "pipeline/cli.py", "pipeline/tracking.py", "pipeline/stages.py",
+                                  "pipeline/store.py", "pipeline/layout.py", "pipeline/report.py"])
+def test_no_method_name_outside_the_methods(path):
+    """The stages, tracking and report know methods only through the registry and the protocol (derived
+    methods through the reflow hook), so adding a method touches no line of them."""
+    import re
+
+    from pipeline.methods import METHODS, reflowed_name
+
+    text = (REPO / path).read_text()
+    names = [*METHODS, *(reflowed_name(name) for name, cls in METHODS.items() if cls.ReflowConfig is not None)]
+    found = sorted({name for name in names if re.search(rf"\b{name}\b", text)})
+    assert not found, f"{path} names {found}"
+
+
+def test_each_method_is_one_module_named_as_it_that_imports_no_other_method():
+    """So that editing one method's module makes only that method's run (and reflow) stages stale."""
+    from pipeline.methods import METHODS
+
+    modules = {f"pipeline.methods.{name}" for name in METHODS}
+    for name, cls in METHODS.items():
+        assert cls.__module__ == f"pipeline.methods.{name}", (name, cls.__module__)
+        own = f"pipeline.methods.{name}"
+        reached = closure({own}, skip=VALIDATION_ONLY | {(module, "pipeline.methods") for module in MODULES})
+        assert not (reached - {own}) & modules, (name, sorted((reached - {own}) & modules))
+    for stage in ("run", "reflow"):
+        assert "pipeline/methods/${item.method}.py" in _stages()[stage]["deps"]
+        assert "pipeline/methods/" not in _stages()[stage]["deps"]

@@ -9,7 +9,10 @@ from pipeline.methods.ddpm import DDPM, DDPMConfig
 from pipeline.samplers import implicit_chain, sample_dpm_solver_pp
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods.rectified_flow import RectifiedFlow
-from pipeline.methods.score_sde import VESDE, VPSDE, SubVPSDE, VESDEConfig, VPSDEConfig
+from pipeline.methods.sde import VESDEConfig, VPSDEConfig
+from pipeline.methods.subvp_sde import SubVPSDE
+from pipeline.methods.ve_sde import VESDE
+from pipeline.methods.vp_sde import VPSDE
 from pipeline.metrics import w2_exact
 
 BUILDERS = {

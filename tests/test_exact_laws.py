@@ -11,7 +11,8 @@ import torch
 from pipeline.config import Params
 from pipeline.data import TOY_DATASETS, exact_law, prepare_toy
 from pipeline.data.toy import _moons_law, _swiss_roll_law, swiss_roll, two_moons
-from pipeline.methods.score_sde import VESDE, VESDEConfig
+from pipeline.methods.sde import VESDEConfig
+from pipeline.methods.ve_sde import VESDE
 from pipeline.metrics import w2_exact
 from pipeline.oracle import GaussianMixture, UniformBoxes
 

@@ -9,7 +9,8 @@ import torch
 
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
 from pipeline.methods import ot_flow_matching
-from pipeline.methods.ot_flow_matching import (OTFlowMatching, OTFlowMatchingConfig, coupled_regression_loss,
+from pipeline.methods.flows import coupled_regression_loss
+from pipeline.methods.ot_flow_matching import (OTFlowMatching, OTFlowMatchingConfig,
                                                ot_permutation)
 from pipeline.nets.mlp import MLP
 

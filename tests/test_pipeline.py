@@ -172,3 +172,21 @@ def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(smoke_repo
         runs = {name for name in stale if name.startswith("run@")}
         assert len(runs) == len(params["methods"]) * len(params["datasets"]) * len(params["seeds"])
     assert "publish" in stages and _stale_stages(smoke_repo) == set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edited, method, reflowed", [("pipeline/methods/flow_matching.py", "flow_matching", False),
+                                                       ("pipeline/methods/rectified_flow.py", "rectified_flow", True)])
+def test_editing_one_methods_module_makes_stale_only_its_stages(smoke_repo, edited, method, reflowed):
+    """run@<method>-* (and its reflow round's stages, which run its code), then report and publish."""
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    path = smoke_repo / edited
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        stale = _stale_stages(smoke_repo)
+    finally:
+        path.write_bytes(original)
+    runs = {f"run@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
+    rounds = {f"reflow@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
+    assert stale == runs | (rounds if reflowed else set()), sorted(stale)

@@ -15,7 +15,10 @@ from pipeline.schema import MLPSettings, NetworkSection, TrainSettings
 from pipeline.methods.base import Method
 from pipeline.methods.ddpm import DDPM, DDPMConfig
 from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
-from pipeline.methods.score_sde import VESDE, VPSDE, SubVPSDE, VESDEConfig, VPSDEConfig
+from pipeline.methods.sde import VESDEConfig, VPSDEConfig
+from pipeline.methods.subvp_sde import SubVPSDE
+from pipeline.methods.ve_sde import VESDE
+from pipeline.methods.vp_sde import VPSDE
 from pipeline.oracle import GaussianMixture
 from pipeline.parameterization import Preconditioned, Prediction, from_x0_and_eps, preconditioning
 from pipeline.training import train

@@ -110,7 +110,7 @@ def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
                              "log_every": 10}},
            "network": {"mlp": {"hidden": 16, "depth": 1, "time_embedding": 8}},
            "methods": {"rectified_flow": {"budgets": [2]}},
-           "reflow": {"rectified_flow_2": {"n_pairs": 300, "solve_batch": 128, "train": {"steps": 20}}}}
+           "reflow": {"rectified_flow": {"n_pairs": 300, "solve_batch": 128, "train": {"steps": 20}}}}
     params = Params.model_validate(raw)
     prepare.run_prepare(tmp_path, params, "moons")
     stages.run_train(tmp_path, params, "rectified_flow", "moons", 0, progress=False)
@@ -125,17 +125,21 @@ def test_reflow_stage_writes_pairs_of_the_first_model(tmp_path):
     _, second = stages.load_model(tmp_path, params, "rectified_flow_2", "moons", 0, torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     assert params.evaluated_methods() == ["rectified_flow", "rectified_flow_2"]
-    raw["reflow"]["rectified_flow_2"]["n_pairs"] = 200
-    with pytest.raises(stages.StageError, match="reflow.rectified_flow_2"):
+    raw["reflow"]["rectified_flow"]["n_pairs"] = 200
+    with pytest.raises(stages.StageError, match="reflow.rectified_flow"):
         stages.load_model(tmp_path, Params.model_validate(raw), "rectified_flow_2", "moons", 0, torch.device("cpu"))
 
 
 def test_reflow_section_is_validated():
     base = {"datasets": ["moons"], "methods": {"flow_matching": {}}}
     with pytest.raises(ValueError, match="needs methods.rectified_flow"):
-        Params.model_validate({**base, "reflow": {"rectified_flow_2": {}}})
-    with pytest.raises(ValueError, match="unknown derived method"):
-        Params.model_validate({**base, "reflow": {"rectified_flow_3": {}}})
+        Params.model_validate({**base, "reflow": {"rectified_flow": {}}})
+    with pytest.raises(ValueError, match="not a method with a reflow round; accepted: rectified_flow"):
+        Params.model_validate({**base, "reflow": {"flow_matching": {}}})
+    params = Params.model_validate({"datasets": ["moons"], "methods": {"rectified_flow": {}},
+                                    "reflow": {"rectified_flow": {}}})
+    assert params.evaluated_methods() == ["rectified_flow", "rectified_flow_2"]
+    assert params.source_method("rectified_flow_2") == "rectified_flow" and params.is_derived("rectified_flow_2")
     with pytest.raises(ValueError, match="unknown method"):
         Params.model_validate({"datasets": ["moons"], "methods": {"rectified_flow_2": {}}})
 

@@ -55,7 +55,7 @@ def test_the_capabilities_decide_the_table():
     is coupled with the data; DDPM's discrete chain has no continuous ODE; SMLD has only its own sampler."""
     assert {"ancestral_beta", "ddim-eta1.0-uniform"} & set(_method("ot_flow_matching").samplers) == set()
     assert {"ddim-eta0.0-uniform", "dpm_solver_pp_2m", "ode_heun"} <= set(_method("ot_flow_matching").samplers)
-    reflowed = build_method("rectified_flow_2", METHODS["rectified_flow"].Config(), (2,))
+    reflowed = build_method("rectified_flow", METHODS["rectified_flow"].Config(), (2,), reflowed=True)
     assert "ancestral_beta" not in reflowed.samplers and "ancestral_beta" in _method("rectified_flow").samplers
     assert "ode_euler" not in _method("ddpm").samplers
     assert set(_method("smld").samplers) == {"annealed_langevin"}

@@ -1,7 +1,9 @@
 """The name table of methods: the only place a method name maps to code.
 
-Adding a method: write one module with a Method subclass (its Config, loss, prior and samplers)
-and add one line here.
+Adding a method: write one module, named as the method, with a Method subclass (its Config, loss, prior,
+capabilities and own samplers) and add one line here. A method's module imports no other method's module
+(what several share lives in base, affine, flows, sde, analytic_dpm), so dvc.yaml's run stage depends on
+pipeline/methods/<method>.py and the shared modules only: editing one method re-runs its stages alone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pipeline.methods.flow_matching import FlowMatching
 from pipeline.methods.ot_flow_matching import OTFlowMatching
 from pipeline.methods.pfgm import PFGM
 from pipeline.methods.rectified_flow import RectifiedFlow
-from pipeline.methods.score_sde import VESDE, VPSDE, SubVPSDE
+from pipeline.methods.subvp_sde import SubVPSDE
+from pipeline.methods.ve_sde import VESDE
+from pipeline.methods.vp_sde import VPSDE
 from pipeline.methods.smld import SMLD
 
 METHODS: dict[str, type[Method]] = {
@@ -27,17 +31,16 @@ METHODS: dict[str, type[Method]] = {
     "smld": SMLD,
 }
 
-#: methods whose model a later stage makes from another method's model: name -> source method.
-#: They are not keys of params.yaml's `methods`: they share the source's section and class and are
-#: sampled, evaluated and reported like every method (rectified flow's reflow, pipeline.stages.run_reflow).
-DERIVED_METHODS: dict[str, str] = {
-    "rectified_flow_2": "rectified_flow",
-}
 
 
-def build_method(name: str, config, data_shape: tuple[int, ...]) -> Method:
-    """The method of a name; a derived method is its source's class with the capabilities it keeps."""
-    if name not in DERIVED_METHODS:
-        return METHODS[name](config, data_shape)
-    source = METHODS[DERIVED_METHODS[name]]
-    return source(config, data_shape).restrict(getattr(source, "derived_capabilities", source.capabilities))
+def reflowed_name(source: str) -> str:
+    """The name a reflow round of a method is evaluated under (rectified_flow -> rectified_flow_2, Liu et al.'s
+    2-rectified flow); dvc.yaml's reflow stage writes its files under the same name."""
+    return f"{source}_2"
+
+
+def build_method(name: str, config, data_shape: tuple[int, ...], reflowed: bool = False) -> Method:
+    """The method of a name (a key of METHODS); reflowed: the model a reflow round made from it, the same class
+    with the capabilities it keeps (Method.reflowed_capabilities)."""
+    method = METHODS[name](config, data_shape)
+    return method.restrict(METHODS[name].reflowed_capabilities) if reflowed else method

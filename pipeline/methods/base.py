@@ -48,6 +48,11 @@ class Method(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: output units the network needs beyond the data's size (PFGM's augmented coordinate)
     extra_outputs: ClassVar[int] = 0
+    #: the hook of a derived method: the settings of a reflow round of this method (params.yaml's
+    #: `reflow.<method>`, evaluated as pipeline.methods.reflowed_name(method)); None: it has none. A method
+    #: with one implements coupled_pairs and pair_loss, and names the capabilities its reflowed model keeps.
+    ReflowConfig: ClassVar[type | None] = None
+    reflowed_capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: MethodConfig, data_shape: tuple[int, ...]):
         self.config = config
@@ -146,6 +151,15 @@ class Method(ABC):
 
     def load_extras(self, extras: dict) -> None:
         """Restore what `after_training` computed; the stages call it when they load a model."""
+
+    def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
+                      rtol: float, atol: float) -> tuple[Tensor, Tensor]:
+        """(noise, data) pairs a reflow round trains on (methods with a ReflowConfig)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reflow")
+
+    def pair_loss(self, net: nn.Module, pairs: Tensor, generator: torch.Generator) -> Tensor:
+        """Per-sample loss on coupled pairs [B, 2, ...] (methods with a ReflowConfig)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reflow")
 
     def training_data(self, train: Tensor, net: nn.Module | None = None) -> Tensor:
         """The examples the loss is trained on (the data's training split by default)."""

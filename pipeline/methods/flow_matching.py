@@ -8,32 +8,14 @@ target x1 - (1 - sigma_min) x0 (Lipman et al. 2023, eq. 23).
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-from torch import Tensor
-
-from pipeline import rng
-from pipeline.schema import AffineConfig
-from pipeline.methods.affine import AffineMethod
-from pipeline.parameterization import Prediction
-from pipeline.paths import LinearPath
+from pipeline.methods.flows import LinearFlow, LinearFlowConfig
 
 
-class FlowMatchingConfig(AffineConfig):
-    sigma_min: float = Field(0.0, ge=0, lt=1)
+class FlowMatchingConfig(LinearFlowConfig):
+    """Flow matching's section: the linear path's sigma_min and the shared keys."""
 
 
-class FlowMatching(AffineMethod):
+class FlowMatching(LinearFlow):
+    """Conditional flow matching: data and noise drawn independently (the shared samplers all apply)."""
+
     Config = FlowMatchingConfig
-    prediction = Prediction.VELOCITY
-    t_min_train = 0.0
-    t_end_sample = 0.0
-    t_start_likelihood = 0.0
-    denoise_final = False
-
-    def __init__(self, config: FlowMatchingConfig, data_shape):
-        super().__init__(config, data_shape)
-        self.path = LinearPath(config.sigma_min)
-
-    def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
-        return rng.uniform((n,), generator, device)

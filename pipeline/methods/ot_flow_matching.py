@@ -1,6 +1,6 @@
 """Minibatch optimal-transport conditional flow matching, OT-CFM (Tong et al. 2024).
 
-Flow matching on the linear path (pipeline.methods.flow_matching) in which the independent
+Flow matching on the linear path (pipeline.methods.flows) in which the independent
 pairing of a noise batch {x0_i} with a data batch {x1_j} is replaced by the exact optimal
 transport plan between the two empirical measures, cost ||x0_i - x1_j||^2 (POT's network simplex,
 `ot.emd`). With uniform weights of equal-size batches the plan is a permutation matrix (a vertex
@@ -39,9 +39,8 @@ from torch import Tensor, nn
 from pipeline import rng
 from pipeline.methods.affine import flow_path_metrics
 from pipeline.methods.base import EvalContext
-from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
+from pipeline.methods.flows import LinearFlow, LinearFlowConfig, coupled_regression_loss
 from pipeline.metrics import import_pot
-from pipeline.parameterization import from_x0_and_eps
 
 
 def ot_permutation(noise: Tensor, data: Tensor) -> Tensor:
@@ -60,26 +59,12 @@ def ot_permutation(noise: Tensor, data: Tensor) -> Tensor:
     return torch.from_numpy(perm).to(data.device)
 
 
-def coupled_regression_loss(method: FlowMatching, net: nn.Module, x_data: Tensor, noise: Tensor,
-                            generator: torch.Generator) -> Tensor:
-    """Flow matching's per-sample loss E_t ||net(x_t, t) - target||^2 on given (data, noise) pairs.
-
-    x_t = alpha_t x_data + sigma_t noise on the method's path, averaged over dimensions
-    (Lipman et al. 2023, eq. 23; Liu et al. 2023, eq. 1 with tau = 1 - t).
-    """
-    t = method.sample_time(x_data.shape[0], generator, x_data.device)
-    c = method.path(t).broadcast_to(x_data)
-    x_t = c.alpha * x_data + c.sigma * noise
-    target = from_x0_and_eps(x_data, noise, method.prediction, c)
-    return method.loss_weight(t) * (method.output(net, x_t, t) - target).pow(2).flatten(1).mean(1)
-
-
-class OTFlowMatchingConfig(FlowMatchingConfig):
+class OTFlowMatchingConfig(LinearFlowConfig):
     #: points per exact OT plan; a training batch is split into minibatches of this size (None: one plan)
     ot_batch: Optional[PositiveInt] = None
 
 
-class OTFlowMatching(FlowMatching):
+class OTFlowMatching(LinearFlow):
     """FlowMatching whose minibatch coupling is the exact OT plan (Tong et al. 2024, Alg. 1 with sigma = sigma_min)."""
 
     Config = OTFlowMatchingConfig

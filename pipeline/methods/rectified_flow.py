@@ -2,7 +2,7 @@
 
 1-rectified flow is flow matching on the straight path X_tau = tau X1 + (1 - tau) X0 with
 sigma_min = 0, regressing the velocity X1 - X0 (unified time t = 1 - tau, so the network learns
--(X1 - X0); pipeline.methods.flow_matching). It is sampled with Euler at a few steps (1, 2, 5, 10
+-(X1 - X0); pipeline.methods.flows). It is sampled with Euler at a few steps (1, 2, 5, 10
 by default; one step is one-step generation) and with adaptive RK45.
 
 Reflow (k -> k + 1): draw Z0 ~ N(0, I), solve the k-th flow's ODE accurately (RK45) to get
@@ -10,17 +10,19 @@ Z1 = ODE_k(Z0), keep the coupled pairs (Z0, Z1), and train the next flow on them
 loss and uniform tau, initialised from the k-th flow's weights (Liu et al. 2023, Alg. 1; their code).
 Pairing fresh noise with data points instead would retrain the 1-rectified flow (methods.md 6.9).
 
-Pipeline design of the second round (`rectified_flow_2`):
+Pipeline design of the second round (`rectified_flow_2`), the method protocol's reflow hook
+(Method.ReflowConfig, coupled_pairs, pair_loss, reflowed_capabilities):
 - It is not a key of params.yaml's `methods` (every key there gets the generic run stage, which
-  cannot depend on another method's model). It is a derived method (pipeline.methods.DERIVED_METHODS)
-  listed in the top-level params section `reflow`, whose entry `rectified_flow_2` holds ReflowSettings
-  (number of pairs, solver tolerance, training overrides on top of rectified_flow's training
-  settings). Its class, samplers and budgets are rectified_flow's, so both rounds are compared step
-  for step. Keeping the reflow settings out of methods.rectified_flow keeps round one cached when
-  they change; an empty `reflow: {}` removes the stages below.
-- The DVC matrix stage `reflow@rectified_flow_2-<dataset>-<seed>` (`pipeline run`, which calls
-  pipeline.stages.run_reflow for a derived method) depends on models/rectified_flow/<dataset>/seed<k>.pt
-  and params methods.rectified_flow and reflow.rectified_flow_2. It writes the pairs
+  cannot depend on another method's model). The top-level params section `reflow` holds, under the
+  source's name (`reflow.rectified_flow`), its ReflowSettings (number of pairs, solver tolerance,
+  training overrides on top of rectified_flow's training settings); the round is evaluated as
+  pipeline.methods.reflowed_name("rectified_flow") = rectified_flow_2. Its class and budgets are
+  rectified_flow's, so both rounds are compared step for step. Keeping the reflow settings out of
+  methods.rectified_flow keeps round one cached when they change; an empty `reflow: {}` removes the
+  stages below.
+- The DVC matrix stage `reflow@rectified_flow-<dataset>-<seed>` (`pipeline run --method rectified_flow_2`,
+  which calls pipeline.stages.run_reflow for a derived method) depends on models/rectified_flow/<dataset>/seed<k>.pt
+  and params methods.rectified_flow and reflow.rectified_flow (dvc.yaml names no method). It writes the pairs
   (reflow/rectified_flow_2/<dataset>/seed<k>.npz) and models/rectified_flow_2/<dataset>/seed<k>.pt,
   trained by the one training loop (pipeline.training.train) from the first round's EMA weights,
   then samples and scores them as any method; the report lists it right after rectified_flow.
@@ -39,8 +41,7 @@ from torch import Tensor, nn
 from pipeline.schema import Strict, TrainOverrides
 from pipeline.methods.affine import device_of, flow_path_metrics
 from pipeline.methods.base import EvalContext
-from pipeline.methods.flow_matching import FlowMatching, FlowMatchingConfig
-from pipeline.methods.ot_flow_matching import coupled_regression_loss
+from pipeline.methods.flows import LinearFlow, LinearFlowConfig, coupled_regression_loss
 from pipeline.solvers import ode_rk45
 
 
@@ -70,19 +71,19 @@ class ReflowSettings(Strict):
         return source.n_pairs, source.solve_batch
 
 
-class RectifiedFlowConfig(FlowMatchingConfig):
+class RectifiedFlowConfig(LinearFlowConfig):
     #: rectified flow is the straight path without a minimum width (Liu et al. 2023)
     sigma_min: float = Field(0.0, ge=0, le=0)
     budgets: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 5, 10], min_length=1)
 
 
-class RectifiedFlow(FlowMatching):
+class RectifiedFlow(LinearFlow):
     Config = RectifiedFlowConfig
     #: settings of a flow derived from this one by reflow (params.yaml's `reflow` section)
     ReflowConfig = ReflowSettings
     #: a reflowed flow couples its noise with its data (the pairs (Z0, Z1)), so q(x_s | x_r, x0) is no longer
     #: the path's Gaussian posterior: it keeps the ODE samplers and DDIM with eta = 0, not the stochastic ones
-    derived_capabilities = frozenset({"ode", "affine_ode"})
+    reflowed_capabilities = frozenset({"ode", "affine_ode"})
 
     def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
                       rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:

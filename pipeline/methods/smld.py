@@ -8,7 +8,7 @@ The levels sit on the VE path sigma(t) = sigma_L (sigma_1 / sigma_L)^t, level si
 t = log(sigma / sigma_L) / log(sigma_1 / sigma_L), so the geometric levels are the evenly spaced times
 t = 1, ..., 0, the network sees t in [0, 1] and every conversion goes through pipeline.parameterization.
 Sampling is annealed Langevin dynamics from N(0, sigma_1^2 I). The discrete model defines no likelihood
-(its continuous counterpart is the VE SDE, pipeline.methods.score_sde.VESDE).
+(its continuous counterpart is the VE SDE, pipeline.methods.ve_sde).
 """
 
 from __future__ import annotations

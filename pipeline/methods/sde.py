@@ -1,4 +1,5 @@
-"""Score-based generative modeling through SDEs (Song et al. 2021): the VP, sub-VP and VE SDEs.
+"""Score-based generative modeling through SDEs (Song et al. 2021), shared by the VP, sub-VP and VE SDEs
+(pipeline.methods.vp_sde, subvp_sde, ve_sde: each adds only its path).
 
 Training is continuous-time denoising score matching with the standard weighting lambda(t) = sigma_t^2,
     E_{t ~ U[1e-5, 1]} E || sigma_t s_theta(x_t, t) + eps ||^2 = E || eps_theta(x_t, t) - eps ||^2
@@ -23,7 +24,6 @@ from torch import Tensor
 from pipeline.schema import AffineConfig
 from pipeline.methods.affine import AffineMethod
 from pipeline.parameterization import Prediction
-from pipeline.paths import SubVPPath, VEPath, VPPath
 
 
 class VPSDEConfig(AffineConfig):
@@ -78,34 +78,3 @@ class ScoreSDE(AffineMethod):
         c, c_next = (self.path(torch.tensor([time], dtype=torch.float64)) for time in (t, t_next))
         a = float(c.alpha / c_next.alpha)
         return a, float(c.sigma**2 - a**2 * c_next.sigma**2)
-
-
-class VPSDE(ScoreSDE):
-    """VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (Song et al. 2021, eq. 11)."""
-
-    Config = VPSDEConfig
-
-    def __init__(self, config: VPSDEConfig, data_shape):
-        super().__init__(config, data_shape)
-        self.path = VPPath(config.beta_min, config.beta_max)
-
-
-class SubVPSDE(ScoreSDE):
-    """sub-VP SDE (Song et al. 2021, eq. 34): VP's mean, standard deviation 1 - alpha_t^2."""
-
-    Config = VPSDEConfig
-
-    def __init__(self, config: VPSDEConfig, data_shape):
-        super().__init__(config, data_shape)
-        self.path = SubVPPath(config.beta_min, config.beta_max)
-
-
-class VESDE(ScoreSDE):
-    """VE SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw, prior N(0, sigma_max^2 I)
-    (Song et al. 2021, eq. 9)."""
-
-    Config = VESDEConfig
-
-    def __init__(self, config: VESDEConfig, data_shape):
-        super().__init__(config, data_shape)
-        self.path = VEPath(config.sigma_min, config.sigma_max)
