@@ -17,6 +17,7 @@ from pipeline.config import Params
 from pipeline.data.toy import TOY_DATASETS
 from pipeline.methods import build_method
 from pipeline.layout import resolve_device
+from pipeline.rng import SampleStreams
 from pipeline.training import train
 
 
@@ -44,9 +45,9 @@ def benchmark(params: Params, dataset: str = "moons", steps: int = 200, n_sample
             if run_budget is not None and run_budget != min(method.config.budgets, key=lambda b: abs(b - budget)):
                 continue
             started = time.perf_counter()
-            result = method.sample(net, sampler, run_budget, n_samples, torch.Generator(device=device).manual_seed(0),
-                                   device)
-            rows.append({"method": name, "sampler": sampler, "budget": run_budget, "nfe": result.nfe,
+            streams = SampleStreams(0, torch.arange(n_samples, device=device))
+            result = method.sample(net, sampler, run_budget, n_samples, streams, device)
+            rows.append({"method": name, "sampler": sampler, "budget": run_budget, "nfe": round(result.nfe),
                          "train_ms_per_step": round(train_ms, 2),
                          "sample_seconds": round(time.perf_counter() - started, 3)})
     return rows

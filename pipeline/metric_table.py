@@ -83,6 +83,8 @@ METRICS: tuple[Metric, ...] = (
              "on images)") for kind in ("toy", "image")),
     *(Metric("clip_sigma", kind, "protocol", None, "1 where Analytic-DPM's last variance is clipped")
       for kind in ("toy", "image")),
+    *(Metric("checkpoint_step", kind, "protocol", None, "training steps of the EMA weights evaluated")
+      for kind in ("toy", "image")),
     Metric("test_accuracy", "image", "features", False, "accuracy of the feature classifier on the test split"),
     Metric("train_accuracy", "image", "features", False, "accuracy of the feature classifier on its training split"),
 )

@@ -21,6 +21,8 @@ from pipeline.io import atomic_directory, write_text
 from pipeline.data import DATASETS
 from pipeline.errors import StageError
 from pipeline.metric_table import METRICS, directions
+from pipeline.protocol import protocol_table
+from pipeline.uncertainty import holm_significant, paired_p_value, seed_interval
 from pipeline.layout import (baseline_file, data_file, features_metrics_file, load_samples, loss_file, metrics_file,
                              samples_file)
 
@@ -32,6 +34,15 @@ HEADLINE_METRICS = directions("toy", table="headline")
 IMAGE_HEADLINE_METRICS = directions("image", table="headline")
 #: properties of a flow's ODE trajectories (Liu et al. 2023), reported by the flows that define them
 PATH_METRICS = list(directions("toy", table="path"))
+METRIC_ENTRIES = {(m.name, m.kind): m for m in METRICS}
+#: how to read a cell of the headline and NFE tables (pipeline.uncertainty)
+READING = ("How to read a cell: mean over training seeds ± the half-width of its 95% Student-t interval over "
+           "those seeds (no ± with one seed); in [brackets] the evaluation's own error at its sample size: the "
+           "metric's standard error where it has one (NLL over held-out points), else the data floor's sd over "
+           "disjoint reference samples of the same size (W2, FID, coverage); in (parentheses) the NFE used. "
+           "Within a seed every method and sampler starts sample i from the same noise, so rows are paired. A "
+           "**bold** cell is the best of its column and beats the runner-up by a one-sided paired t-test over "
+           "seeds, Holm-corrected over the columns at level 0.05; with fewer than two seeds nothing is bold.")
 
 
 def _rows_from_table(table: dict, dataset: str, method: str, seed: int) -> list[dict]:
@@ -74,36 +85,50 @@ def _closest_nfe(group: pd.DataFrame, target: int) -> pd.DataFrame:
     return group[group.nfe == best]
 
 
-def _format(values: pd.Series, se: pd.Series | None = None) -> str:
-    values = values.dropna()
-    if values.empty:
+def _interval_text(values: pd.Series) -> str:
+    """mean ± the 95% t half-width over seeds (the mean alone for one seed)."""
+    mean, half = seed_interval(values.dropna().tolist())
+    if not math.isfinite(mean):
         return "—"
-    text = f"{values.mean():.3f}"
-    if len(values) > 1:
-        text += f" ± {values.std(ddof=1):.3f}"
-    elif se is not None and not se.dropna().empty:
-        text += f" ± {se.dropna().mean():.3f}"
-    return text
+    return f"{mean:.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
+
+
+def evaluation_error(frame: pd.DataFrame, method: str, sampler: str, dataset: str, metric: str, kind: str,
+                     nfes) -> float:
+    """The evaluation's own error of a number: its companion standard error (pipeline.metric_table's `error`,
+    mean over seeds), else the data floor's spread over reference chunks of the same size (`<metric>_sd`)."""
+    companion = METRIC_ENTRIES.get((metric, kind))
+    name = companion.error if companion is not None and companion.error else None
+    if name is not None:
+        rows = frame[(frame.method == method) & (frame.sampler == sampler) & (frame.dataset == dataset)
+                     & (frame.metric == name) & frame.nfe.isin(nfes)]
+    else:
+        rows = frame[(frame.method == "data") & (frame.dataset == dataset) & (frame.metric == f"{metric}_sd")]
+    return float(rows.value.mean()) if len(rows) else math.nan
 
 
 def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE_METRICS,
                    kind: str = "toy") -> pd.DataFrame:
-    """Rows method/sampler, columns dataset x metric at the NFE closest to the headline budget
-    (the data sets of one kind: `toy` with HEADLINE_METRICS, `image` with IMAGE_HEADLINE_METRICS)."""
+    """Rows method/sampler, columns dataset x metric at the NFE closest to the headline budget (the data sets
+    of one kind: `toy` with HEADLINE_METRICS, `image` with IMAGE_HEADLINE_METRICS). A cell: mean ± the 95%
+    interval over seeds, [the evaluation's own error], (NFE); the best of a column in bold where it beats
+    the runner-up by pipeline.uncertainty's paired test."""
     target = params.report.headline_nfe
     names = [d for d in params.datasets if DATASETS[d] == kind]
     frame = frame[frame.dataset.isin(names) & (frame.method != "features")]
     cells: dict[tuple[str, str], dict[str, str]] = {}
+    per_seed: dict[str, dict[tuple[str, str], pd.Series]] = {}
     for (method, sampler, dataset, metric), group in frame[frame.metric.isin(metrics)].groupby(
             ["method", "sampler", "dataset", "metric"], sort=False):
         chosen = _closest_nfe(group, target)
-        se_rows = frame[(frame.method == method) & (frame.sampler == sampler) & (frame.dataset == dataset)
-                        & (frame.metric == f"{metric}_se") & (frame.nfe.isin(chosen.nfe))]
-        nfe = int(chosen.nfe.iloc[0])
-        label = f"{_format(chosen.value, se_rows.value if len(se_rows) else None)}"
+        error = evaluation_error(frame, method, sampler, dataset, metric, kind, chosen.nfe.unique())
+        label = _interval_text(chosen.value)
         if method != "data":
-            label += f" ({nfe})"
+            label += (f" [{error:.3f}]" if math.isfinite(error) else "") + f" ({int(chosen.nfe.iloc[0])})"
+            per_seed.setdefault(f"{dataset} {metric}", {})[(method, sampler)] = chosen.set_index("seed").value
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = label
+    for column, key in best_entries(per_seed, {f"{d} {m}": metrics[m] for d in names for m in metrics}).items():
+        cells[key][column] = f"**{cells[key][column]}**"
     columns = [f"{d} {m}" for d in names for m in metrics]
     order = ["data", *params.evaluated_methods()]
     keys = sorted(cells, key=lambda k: (order.index(k[0]), k[1]))
@@ -112,14 +137,32 @@ def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE
     return table
 
 
+def best_entries(per_seed: dict[str, dict[tuple, pd.Series]], lower_is_better: dict[str, bool]) -> dict[str, tuple]:
+    """{column: key} of the columns whose best entry (by mean over seeds) beats the runner-up by a one-sided
+    paired t-test over seeds, Holm-corrected over the columns tested (pipeline.uncertainty)."""
+    tested, p_values = [], []
+    for column, entries in per_seed.items():
+        lower = lower_is_better[column]
+        ranked = sorted(entries, key=lambda k: entries[k].mean() if lower else -entries[k].mean())
+        ranked = [k for k in ranked if np.isfinite(entries[k].mean())]
+        if len(ranked) < 2:
+            continue
+        best, runner_up = entries[ranked[0]], entries[ranked[1]]
+        seeds = best.index.intersection(runner_up.index)
+        tested.append((column, ranked[0]))
+        p_values.append(paired_p_value(best[seeds].tolist(), runner_up[seeds].tolist(), lower))
+    return {column: key for (column, key), significant in zip(tested, holm_significant(p_values)) if significant}
+
+
 def budget_table(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame:
+    """Rows method/sampler, columns NFE: mean ± the 95% interval over seeds."""
     sub = frame[(frame.dataset == dataset) & (frame.metric == metric) & (frame.method != "data")]
     if sub.empty:
         return pd.DataFrame()
-    pivot = sub.groupby(["method", "sampler", "nfe"], sort=False).value.mean().unstack("nfe")
+    pivot = sub.groupby(["method", "sampler", "nfe"], sort=False).value.agg(_interval_text).unstack("nfe")
     pivot = pivot.reindex(sorted(pivot.columns), axis=1)
     pivot.index = [f"{m} / {s}" for m, s in pivot.index]
-    return pivot.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    return pivot.fillna("")
 
 
 def floor_ratio_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
@@ -373,11 +416,12 @@ def summary_markdown(frame: pd.DataFrame, params: Params, oracle: pd.DataFrame |
              f"Methods: {', '.join(params.evaluated_methods())}. Data sets: {', '.join(params.datasets)}. "
              f"Seeds: {', '.join(map(str, params.seeds))}.", "",
              f"## Headline comparison (NFE closest to {params.report.headline_nfe})", "",
-             "Each cell: mean (± sd over seeds, or ± standard error for one seed) and, in brackets, the NFE "
-             "used. `w2`: exact 2-Wasserstein distance to held-out data (lower is better); `nll`: negative "
+             READING, "",
+             "`w2`: exact 2-Wasserstein distance to held-out data (lower is better); `nll`: negative "
              "log-likelihood in nats per sample on held-out data (the variational bound of the reverse chain "
-             "for DDPM's ancestral samplers and `analytic_ddpm`, the probability-flow ODE otherwise). Row `data / data` is the floor: W2 between two disjoint "
-             "samples of the data set, and the true NLL where the density is known.", "",
+             "for DDPM's ancestral samplers and `analytic_ddpm`, the probability-flow ODE otherwise). Row "
+             "`data / data` is the floor: W2 between disjoint samples of the data set (± sd over reference "
+             "chunks), and the true NLL where the density is known.", "",
              headline_table(frame, params).to_markdown(), ""]
     lines += floor_check_lines(frame, params, oracle)
     lines += mode_lines(frame, params)
@@ -618,6 +662,9 @@ def run_report(root: Path, params: Params) -> Path:
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.10g")
     write_text(reports / "results.csv", buffer.getvalue())
+    buffer = io.StringIO()
+    protocol_table(frame, params, root).to_csv(buffer, index=False, float_format="%.10g")
+    write_text(reports / "protocol.csv", buffer.getvalue())
     convergence = collect_convergence(root, params)
     buffer = io.StringIO()
     convergence.to_csv(buffer, index=False, float_format="%.10g")

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 from pipeline import grids, rng
+from pipeline.nets import float64_copy
+from pipeline.schema import RK45_TOLERANCE
 from pipeline.solvers import (CountingFn, SolverResult, dpm_solver_pp, ode_euler, ode_heun, ode_rk45,
                               predictor_corrector, sde_euler_maruyama)
 
@@ -75,9 +77,11 @@ def sample_ode_heun(method, net, x: Tensor, budget: int, generator) -> SolverRes
 
 
 def sample_ode_rk45(method, net, x: Tensor, budget, generator) -> SolverResult:
-    """Adaptive Dormand-Prince (rtol = atol = 1e-5) on the sampling ODE; reports its NFE."""
-    flow = method.probability_flow(net)
-    return flow.finish(ode_rk45(flow.velocity, x, flow.t_start, flow.t_end))
+    """Adaptive Dormand-Prince (rtol = atol = 1e-5, per-sample step control) on the sampling ODE, in float64
+    (pipeline.nets.float64_copy); reports the mean NFE per sample."""
+    flow = method.probability_flow(float64_copy(net))
+    result = flow.finish(ode_rk45(flow.velocity, x.double(), flow.t_start, flow.t_end, RK45_TOLERANCE, RK45_TOLERANCE))
+    return SolverResult(result.x.to(x.dtype), result.nfe)
 
 
 # ---------------------------------------------------------------- chains on an affine path
@@ -191,7 +195,9 @@ def sample_predictor_corrector(method, net, x: Tensor, budget: int, generator) -
     """Reverse-diffusion predictor + one Langevin corrector step per time (Song et al. 2021, Alg. 2-3): 2 NFE a
     step, then the method's finish."""
     grid = method.time_grid(budget, "uniform", nfe_per_step=2)
-    result = predictor_corrector(method.score_fn(net), method.transition, x, grid, generator, method.config.snr)
+    noise_std = lambda t: method.alpha_sigma(t)[1]
+    result = predictor_corrector(method.score_fn(net), method.transition, noise_std, x, grid, generator,
+                                 method.config.snr)
     return method.finish(net, result)
 
 

@@ -16,6 +16,9 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+#: rtol = atol of the RK45 sampler (pipeline.samplers), stated beside its numbers (pipeline.protocol)
+RK45_TOLERANCE = 1e-5
+
 
 class TrainSettings(Strict):
     """One training run (Adam, linear warm-up then cosine decay, EMA of the weights, gradient clipping)."""

@@ -22,7 +22,8 @@ from pipeline.layout import (CONVERGENCE_COLUMNS, convergence_file, data_file, l
                              reflow_pairs_file, resolve_device, run_key, load_samples, samples_file)
 from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
-from pipeline.store import load_model, reflow_settings, save_model
+from pipeline.rng import SampleStreams
+from pipeline.store import load_model, reflow_settings, save_model, trained_steps
 from pipeline.training import train
 
 
@@ -130,26 +131,33 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     n, batch = params.sample.n_samples, params.sample.batch_size
     if len(method.data_shape) == 3:
         n, batch = params.sample.image.n_samples, params.sample.image.batch_size
+    noise_seed = sample_noise_seed(seed, dataset)
     for sampler, budget in iterator:
-        generator = torch.Generator(device=device).manual_seed(
-            derive_seed(seed, "sample", method_name, dataset, sampler, budget))
         key = run_key(sampler, budget)
-        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, generator, device)
+        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device)
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     arrays["index"] = np.array(json.dumps(index))
     write_npz(samples_file(root, method_name, dataset, seed), **arrays)
     return samples_file(root, method_name, dataset, seed)
 
 
+def sample_noise_seed(seed: int, dataset: str) -> int:
+    """The seed of the per-sample random streams: one per training seed and data set, so every method, sampler
+    and budget on the data set starts sample i from the same draws (paired comparisons on common noise)."""
+    return derive_seed(seed, "sample", dataset)
+
+
 def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int | None, n: int, batch: int,
-                 generator: torch.Generator, device: torch.device) -> tuple[np.ndarray, int]:
-    """n samples of one sampler in batches of at most `batch`, and the most NFE a batch used."""
-    chunks, nfe = [], 0
+                 noise_seed: int, device: torch.device) -> tuple[np.ndarray, int]:
+    """Samples 0..n-1 of one sampler in batches of at most `batch`, sample i drawing from its own stream
+    (pipeline.rng.SampleStreams), so the samples do not depend on `batch`; and the NFE per sample."""
+    chunks, evaluations = [], 0.0
     for offset in range(0, n, batch):
-        result = method.sample(net, sampler, budget, min(batch, n - offset), generator, device)
+        index = torch.arange(offset, min(n, offset + batch), device=device)
+        result = method.sample(net, sampler, budget, len(index), SampleStreams(noise_seed, index), device)
         chunks.append(result.x.float().cpu())
-        nfe = max(nfe, result.nfe)
-    return torch.cat(chunks).numpy(), nfe
+        evaluations += result.nfe * len(index)
+    return torch.cat(chunks).numpy(), round(evaluations / n)
 
 
 def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, seed: int) -> Path:
@@ -161,7 +169,7 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     scorer = SampleScorer(root, params, dataset, data, device)
     table: dict = {}
     for row in index:
-        metric_seed = derive_seed(seed, "evaluate", method_name, dataset, row["key"])
+        metric_seed = derive_seed(seed, "evaluate", dataset)  # the same draws for every sampler and method
         for metric, value in scorer(samples[row["key"]], metric_seed).items():
             record_metric(table, row["sampler"], row["nfe"], metric, value)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
@@ -172,9 +180,10 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     for sampler, nfe, metric, value in method.trajectory_metrics(net, scorer.n, generator, context):
         record_metric(table, sampler, nfe, metric, value)
     # the settings each number was made with (e.g. DDPM's x0 clipping on images), beside every number
+    steps = trained_steps(root, method_name, dataset, seed)
     for sampler, by_nfe in table.items():
         for nfe in by_nfe:
-            for metric, value in method.protocol(sampler).items():
+            for metric, value in {**method.protocol(sampler), "checkpoint_step": steps}.items():
                 record_metric(table, sampler, int(nfe), metric, value)
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
@@ -193,15 +202,15 @@ def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data,
     rows = []
     for record in method.log_likelihood(net, x_test, generator, context):
         nll = -record.log_prob.double().cpu()
-        rows += [(record.sampler, record.nfe, "nll", nll.mean()),
-                 (record.sampler, record.nfe, "nll_se", nll.std() / math.sqrt(len(nll))),
-                 (record.sampler, record.nfe, "nll_n", len(nll))]
+        rows += [(record.sampler, round(record.nfe), "nll", nll.mean()),
+                 (record.sampler, round(record.nfe), "nll_se", nll.std() / math.sqrt(len(nll))),
+                 (record.sampler, round(record.nfe), "nll_n", len(nll))]
         if image:
             bpd = bits_per_dim(nll, record.estimator, method.dim)
-            rows += [(record.sampler, record.nfe, "nll_bpd", bpd.mean()),
-                     (record.sampler, record.nfe, "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))]
+            rows += [(record.sampler, round(record.nfe), "nll_bpd", bpd.mean()),
+                     (record.sampler, round(record.nfe), "nll_bpd_se", bpd.std() / math.sqrt(len(bpd)))]
             if record.estimator == "ode_hutchinson":
-                rows.append((record.sampler, record.nfe, "nll_probes", 1))
+                rows.append((record.sampler, round(record.nfe), "nll_probes", 1))
     return rows
 
 
@@ -245,10 +254,9 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             method.load_extras(_after_training(method, net, train_data, stage_seed, device))
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
-                generator = torch.Generator(device=device).manual_seed(
-                    derive_seed(seed, "convergence", method_name, dataset, sampler))
-                x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, generator, device)
-                metric_seed = derive_seed(seed, "convergence", method_name, dataset, sampler, "metrics")
+                x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, sample_noise_seed(seed, dataset),
+                                      device)
+                metric_seed = derive_seed(seed, "evaluate", dataset)
                 rows += [_convergence_row(step, sampler, nfe, metric, value)
                          for metric, value in scorer(x, metric_seed).items()]
             generator = torch.Generator(device=device).manual_seed(

@@ -60,6 +60,12 @@ def load_model(root: Path, params: Params, method_name: str, dataset: str, seed:
     return method, net
 
 
+def trained_steps(root: Path, method_name: str, dataset: str, seed: int) -> int:
+    """The training steps of the model file's EMA weights (its recipe's `train.steps`)."""
+    saved = torch.load(model_file(root, method_name, dataset, seed), map_location="cpu", weights_only=False)
+    return int(saved["recipe"]["train"]["steps"])
+
+
 def reflow_settings(params: Params, method_name: str):
     """The reflow settings of a derived method (params.yaml's reflow.<its source>)."""
     if not params.is_derived(method_name):

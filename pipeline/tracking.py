@@ -89,6 +89,8 @@ def publish(root: Path, params: Params) -> str:
     if existing:
         return existing[0].info.run_id
     results = pd.read_csv(results_path)
+    protocol_path = root / "reports" / "protocol.csv"
+    protocol = pd.read_csv(protocol_path, keep_default_na=False) if protocol_path.exists() else None
     commit = git_commit(root)
     common_tags = {"pipeline_state": state, "git_commit": commit, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
     with mlflow.start_run(run_name=f"pipeline-{state[:8]}", tags={**common_tags, "pipeline_role": "parent"}) as parent:
@@ -96,18 +98,21 @@ def publish(root: Path, params: Params) -> str:
                            "seeds": json.dumps(params.seeds)})
         mlflow.log_artifact(str(results_path))
         mlflow.log_artifact(str(root / "reports" / "summary.md"))
+        if protocol is not None:
+            mlflow.log_artifact(str(protocol_path))
         figures = root / "reports" / "figures"
         if figures.exists():
             mlflow.log_artifacts(str(figures), "figures")
         for dataset in params.datasets:
             for method in params.evaluated_methods():
                 for seed in params.seeds:
-                    _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id)
+                    _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id,
+                                   protocol)
         return parent.info.run_id
 
 
 def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: str, dataset: str, seed: int,
-                   tags: dict, parent_id: str) -> None:
+                   tags: dict, parent_id: str, protocol: pd.DataFrame | None = None) -> None:
     import time
 
     import mlflow
@@ -131,6 +136,10 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
             from pipeline.io import sha256_file
 
             mlflow.set_tag("model_sha256", sha256_file(model))
+        if protocol is not None:  # how each number was made (pipeline.protocol), and the library versions
+            own = protocol[(protocol.method == method) & (protocol.dataset == dataset) & (protocol.seed == seed)]
+            mlflow.log_text(own.to_csv(index=False), "protocol.csv")
+            mlflow.set_tags({k: str(v) for k, v in own.iloc[0].items() if k.startswith("version_")} if len(own) else {})
         # one batched write per run: a metric at a time made publishing ~0.3 s per child run on sqlite
         now = int(time.time() * 1000)
         metrics = []

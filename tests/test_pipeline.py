@@ -139,6 +139,26 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     assert (smoke_repo / "dvc.lock").read_text() == lock_before
 
 
+@pytest.mark.slow
+def test_the_sample_batch_size_changes_no_number(smoke_repo, tmp_path):
+    """Per-sample random streams and per-sample step control (issue 11): results.csv at `sample.batch_size` 37
+    (13.5 batches of the 500 samples) equals the smoke run's at 10,000 to the 4th significant digit."""
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_repo, copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["sample"]["batch_size"] = 37
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], copy)
+    keys = ["dataset", "method", "sampler", "nfe", "seed", "metric"]
+    before = pd.read_csv(smoke_repo / "reports" / "results.csv").set_index(keys).value
+    after = pd.read_csv(copy / "reports" / "results.csv").set_index(keys).value
+    assert before.index.equals(after.index)
+    relative = ((after - before).abs() / before.abs().clip(lower=1e-12)).fillna(0)
+    assert relative.max() < 5e-4, relative.sort_values().tail(5)
+    protocol = pd.read_csv(copy / "reports" / "protocol.csv")
+    assert list(protocol.columns[:6]) == keys and len(protocol) == len(after)
+
+
 def _stale_stages(repo: Path) -> set[str]:
     """Stages whose recorded dependencies changed (`dvc status`), without the always-run publish."""
     import json

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pipeline import grids, rng
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, call_network
-from pipeline.nets import network_settings
+from pipeline.nets import float64_copy, network_settings
 from pipeline.parameterization import (Preconditioned, Prediction, from_x0_and_eps, to_score, to_velocity, to_x0,
                                        to_x0_and_eps)
 from pipeline.paths import AffinePath
@@ -140,7 +140,7 @@ class AffineMethod(Method):
                        context: EvalContext) -> list[LikelihoodRecord]:
         """Probability-flow ODE likelihood (Song et al. 2021, app. D.2), exact divergence in low dimension."""
         estimator = "exact" if self.dim <= 16 else "hutchinson"
-        result = ode_log_likelihood(self.velocity_fn(net), x, self.path.prior_log_prob, self.t_start_likelihood,
+        result = ode_log_likelihood(self.velocity_fn(float64_copy(net)), x, self.path.prior_log_prob, self.t_start_likelihood,
                                     1.0, divergence=estimator, generator=generator, rtol=context.rtol,
                                     atol=context.atol)
         return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline.schema import MethodConfig
 from pipeline.nets import build_network
 from pipeline.samplers import SamplerSpec, applicable
@@ -25,7 +26,7 @@ class LikelihoodRecord:
     """Per-sample log-likelihood (nats) under the reverse model a sampler defines, at an NFE."""
 
     sampler: str
-    nfe: int
+    nfe: float
     log_prob: Tensor
     estimator: str  # "elbo" | "ode_exact" | "ode_hutchinson"
 
@@ -124,9 +125,10 @@ class Method(ABC):
                     runs.append((name, budget))
         return runs
 
-    def sample(self, net: nn.Module, sampler: str, budget: int | None, n: int, generator: torch.Generator,
+    def sample(self, net: nn.Module, sampler: str, budget: int | None, n: int, generator: rng.Source,
                device: torch.device | str = "cpu") -> SolverResult:
-        """The one sampling entry point: prior draw, then the named sampler."""
+        """The one sampling entry point: prior draw, then the named sampler, every draw from `generator` (the
+        stages pass per-sample streams, pipeline.rng.SampleStreams, of n samples)."""
         x_init = self.prior_sample(n, generator, device)
         with torch.no_grad():
             return self.samplers[sampler].fn(self, net, x_init, budget, generator)

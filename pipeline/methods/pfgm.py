@@ -68,6 +68,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from pipeline import rng
+from pipeline.nets import float64_copy
 from pipeline.schema import MethodConfig
 from pipeline.likelihood import ode_log_likelihood
 from pipeline.methods.base import EvalContext, LikelihoodRecord, Method, call_network
@@ -279,7 +280,7 @@ class PFGM(Method):
                        context: EvalContext) -> list[LikelihoodRecord]:
         """The CNF formula in s = ln z from ln z_min to ln z_max with the Cauchy prior (exact divergence in 2-D)."""
         estimator = "exact" if self.dim <= 16 else "hutchinson"
-        result = ode_log_likelihood(self.drift_fn(net), x, self.prior_log_prob, math.log(self.config.z_min),
+        result = ode_log_likelihood(self.drift_fn(float64_copy(net)), x, self.prior_log_prob, math.log(self.config.z_min),
                                     math.log(self.config.z_max), divergence=estimator, generator=generator,
                                     rtol=context.rtol, atol=context.atol)
         return [LikelihoodRecord("ode_rk45", result.nfe, result.log_prob, f"ode_{estimator}")]

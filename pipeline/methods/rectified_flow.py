@@ -42,6 +42,7 @@ from pipeline.schema import Strict, TrainOverrides
 from pipeline.methods.affine import device_of, flow_path_metrics
 from pipeline.methods.base import EvalContext
 from pipeline.methods.flows import LinearFlow, LinearFlowConfig, coupled_regression_loss
+from pipeline.nets import float64_copy
 from pipeline.solvers import ode_rk45
 
 
@@ -87,13 +88,15 @@ class RectifiedFlow(LinearFlow):
 
     def coupled_pairs(self, net: nn.Module, n: int, generator: torch.Generator, solve_batch: int,
                       rtol: float = 1e-5, atol: float = 1e-5) -> tuple[Tensor, Tensor]:
-        """(Z0, Z1): n prior draws and their images under this flow's ODE, solved by RK45 from t = 1 to 0."""
+        """(Z0, Z1): n prior draws and their images under this flow's ODE, solved by RK45 from t = 1 to 0 in
+        float64 (pipeline.nets.float64_copy)."""
         device = device_of(net)
+        velocity = self.velocity_fn(float64_copy(net))
         noise, data = [], []
         for offset in range(0, n, solve_batch):
             z0 = self.prior_sample(min(solve_batch, n - offset), generator, device)
             with torch.no_grad():
-                z1 = ode_rk45(self.velocity_fn(net), z0, 1.0, 0.0, rtol=rtol, atol=atol).x
+                z1 = ode_rk45(velocity, z0.double(), 1.0, 0.0, rtol=rtol, atol=atol).x.to(z0.dtype)
             noise.append(z0)
             data.append(z1)
         return torch.cat(noise), torch.cat(data)

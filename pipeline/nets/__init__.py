@@ -6,6 +6,9 @@ the k extra scalars (the MLP on flat data, the U-Net's pooled head on images).
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from pipeline.nets.mlp import MLP
@@ -28,3 +31,13 @@ def build_network(data_shape: tuple[int, ...], network_section, extra_outputs: i
         return MLP(data_shape[0], hidden=cfg.hidden, depth=cfg.depth, time_embedding=cfg.time_embedding,
                    extra_outputs=extra_outputs)
     return build_unet(tuple(data_shape), cfg, extra_outputs=extra_outputs)
+
+
+def float64_copy(net: nn.Module) -> nn.Module:
+    """The network in float64, for adaptive solves (RK45 sampling, ODE likelihoods, reflow pairs): their embedded
+    error estimate is a difference of nearly equal stage slopes, which float32 outputs fix to only about 1% at
+    the default tolerance, so a float32 network's rounding (which depends on the batch's shape) flips accept /
+    reject decisions and a sample's result would depend on its batch (tests/test_streams.py)."""
+    if next(iter(net.parameters()), torch.empty(0, dtype=torch.float64)).dtype == torch.float64:
+        return net
+    return copy.deepcopy(net).double()
