@@ -56,19 +56,23 @@ def ode_log_likelihood(velocity_fn: VelocityFn, x: Tensor, prior_log_prob: Calla
     elif divergence != "exact":
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', not {divergence!r}")
     size = x[0].numel()
+    rest = tuple(x.shape[1:])
 
     def rhs(state: Tensor, t: Tensor) -> Tensor:
+        """d/dt of the rows' (x, integral, probe): the probe rides in the state (d/dt 0), so a subset of rows
+        (the solver drops finished ones) carries its own probes."""
         with torch.enable_grad():
-            y = state[:, :size].reshape(x.shape).detach().requires_grad_(True)
+            y = state[:, :size].reshape(-1, *rest).detach().requires_grad_(True)
             v = velocity_fn(y, t)
-            div = exact_divergence(v, y) if probe is None else hutchinson_divergence(v, y, probe)
-        return torch.cat([v.detach().flatten(1), div.detach()[:, None]], 1)
+            div = (exact_divergence(v, y) if probe is None
+                   else hutchinson_divergence(v, y, state[:, size + 1:].reshape(y.shape)))
+        return torch.cat([v.detach().flatten(1), div.detach()[:, None], torch.zeros_like(state[:, size + 1:])], 1)
 
     def norm(scaled: Tensor) -> Tensor:
         return torch.maximum(scaled[:, :size].pow(2).mean(1).sqrt(), scaled[:, size].abs())
 
-    state = torch.cat([x.flatten(1), x.new_zeros(x.shape[0], 1)], 1)
-    end, evaluations = dopri5(rhs, state, t_start, t_end, rtol, atol, norm=norm)
+    parts = [x.flatten(1), x.new_zeros(x.shape[0], 1)] + ([] if probe is None else [probe.flatten(1)])
+    end, evaluations = dopri5(rhs, torch.cat(parts, 1), t_start, t_end, rtol, atol, norm=norm)
     log_prob = prior_log_prob(end[:, :size].reshape(x.shape)) + end[:, size]
     return LikelihoodResult(log_prob, float(evaluations.double().mean()))
 

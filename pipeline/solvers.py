@@ -130,6 +130,7 @@ def dopri5(fn: VelocityFn, y: Tensor, t_start: float, t_end: float, rtol: float,
     """Adaptive Dormand-Prince RK45 on dy/dt = fn(y, t) with one step size per sample: each row of y has its own
     time, step, error norm (RMS over the row) and accept/reject decision, so a row's solution does not depend on
     the rows solved beside it (torchdiffeq's dopri5 shares one step size and one error norm over the batch).
+    Rows that have reached t_end drop out of the evaluations, so a batch costs its rows' NFE, not its slowest's.
     The controller is torchdiffeq's (Hairer's initial step; safety 0.9, growth at most 10x, shrink at most
     5x, no shrink after an accepted step); a step never passes t_end (torchdiffeq's step_t at the end).
     `norm` maps the scaled error (rows, ...) to one number per row (default: RMS over the row).
@@ -143,31 +144,34 @@ def dopri5(fn: VelocityFn, y: Tensor, t_start: float, t_end: float, rtol: float,
     slope = evaluate(y, time)
     step = _initial_step(evaluate, y, slope, time, direction, rtol, atol, norm, abs(t_end - t_start))
     evaluations = torch.full((rows,), 2, dtype=torch.int64, device=y.device)
-    stages = torch.empty((7, *y.shape), dtype=y.dtype, device=y.device)
+    y = y.clone()
     for _ in range(max_steps):
-        running = remaining > 0
-        if not bool(running.any()):
+        active = torch.nonzero(remaining > 0).squeeze(1)  # finished rows are no longer evaluated
+        if active.numel() == 0:
             return y, evaluations
-        size = torch.where(running, torch.minimum(step, remaining), torch.zeros_like(step))
+        y_a, slope_a, time_a, remaining_a = y[active], slope[active], time[active], remaining[active]
+        size = torch.minimum(step[active], remaining_a)
         h = (direction * size).to(y.dtype).reshape(shape)
-        stages[0] = slope
+        stages = [slope_a]
         for i, row in enumerate(_DOPRI5_WEIGHTS[1:], start=1):
-            stages[i] = evaluate(y + h * _combine(row, stages), time + direction * _DOPRI5_NODES[i] * size)
-        y_next = y + h * _combine(_DOPRI5_WEIGHTS[-1], stages)
+            stages.append(evaluate(y_a + h * _combine(row, stages), time_a + direction * _DOPRI5_NODES[i] * size))
+        y_next = y_a + h * _combine(_DOPRI5_WEIGHTS[-1], stages)
         error = h * _combine(_DOPRI5_ERROR, stages)
-        ratio = norm(error / (atol + rtol * torch.maximum(y.abs(), y_next.abs()))).double()
+        ratio = norm(error / (atol + rtol * torch.maximum(y_a.abs(), y_next.abs()))).double()
         ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))  # reject, shrink 5x
-        accept = running & (ratio <= 1)
-        last = accept & (size >= remaining)
-        time = torch.where(last, torch.full_like(time, float(t_end)), torch.where(accept, time + direction * size, time))
-        remaining = torch.where(last, torch.zeros_like(remaining), torch.where(accept, remaining - size, remaining))
-        y = torch.where(accept.reshape(shape), y_next, y)
-        slope = torch.where(accept.reshape(shape), stages[6], slope)
-        evaluations = evaluations + 6 * running
+        accept = ratio <= 1
+        last = accept & (size >= remaining_a)
+        time[active] = torch.where(last, torch.full_like(time_a, float(t_end)),
+                                   torch.where(accept, time_a + direction * size, time_a))
+        remaining[active] = torch.where(last, torch.zeros_like(remaining_a),
+                                        torch.where(accept, remaining_a - size, remaining_a))
+        y[active] = torch.where(accept.reshape(shape), y_next, y_a)
+        slope[active] = torch.where(accept.reshape(shape), stages[6], slope_a)
+        evaluations[active] += 6
         shrink = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, 0.2))
         factor = torch.clamp(0.9 / ratio.clamp_min(1e-300) ** 0.2, max=10.0)
         factor = torch.where(ratio == 0, torch.full_like(ratio, 10.0), torch.maximum(factor, shrink))
-        step = torch.where(running, size * factor, step)
+        step[active] = size * factor
     raise RuntimeError(f"RK45 did not reach t = {t_end} within {max_steps} steps (rtol {rtol}, atol {atol})")
 
 

@@ -131,7 +131,7 @@ def test_every_sampler_gives_the_same_samples_at_batch_sizes_7_and_1000(name, sa
     assert np.abs(large[:7] - draw_samples(method, net, sampler, budget, 7, 7, 12, torch.device("cpu"))[0]).max() > 0.01
 
 
-@pytest.mark.parametrize("name, sampler", [("ddpm", "ancestral-posterior"), ("vp_sde", "pc"), ("ddpm", "ode_rk45")])
+@pytest.mark.parametrize("name, sampler", [("ddpm", "ancestral_posterior"), ("vp_sde", "pc"), ("vp_sde", "ode_rk45")])
 def test_an_image_sampler_gives_the_same_images_in_batches_of_3_and_12(name, sampler):
     method, net = _ready(name, (1, 8, 8))
     if sampler not in method.samplers:
