@@ -67,8 +67,19 @@ def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
         assert set(params["methods"]) <= set(sub[sub.metric == "fid"].method)
     w2 = results[(results.metric == "w2") & (results.method != "data")]
     assert w2.value.notna().all() and (w2.value > 0).all()
-    for derived in params.get("reflow") or {}:
-        assert derived in set(results.method)
+    for source in params.get("reflow") or {}:
+        assert f"{source}_2" in set(results.method)
+    # the crossed table (issue 12): every sampler each method's table offers is run and scored
+    from pipeline.config import load_params
+    from pipeline.methods import build_method
+
+    loaded = load_params(smoke_repo / "params.yaml")
+    shape = (1, 8, 8) if images else (2,)
+    for name, config in loaded.methods.items():
+        offered = set(build_method(name, config, shape).samplers)
+        scored = set(results[(results.method == name) & results.metric.isin(["w2", "fid"])].sampler)
+        assert offered <= scored, (name, offered - scored)
+    assert {"dpm_solver_pp_2m", "ddim-eta0.0-uniform"} <= set(results[results.method == "flow_matching"].sampler)
     summary = (smoke_repo / "reports" / "summary.md").read_text()
     assert "ddpm / ancestral_beta" in summary and "flow_matching / ode_heun" in summary
     # every metric comes from the one table, and the summary's glossary lists each one
@@ -130,11 +141,13 @@ def test_the_convergence_section_comes_from_the_runs_snapshots_or_the_kept_study
 @pytest.mark.slow
 def test_forced_rerun_is_byte_identical(smoke_repo):
     before = (smoke_repo / "reports" / "results.csv").read_bytes()
+    others = {name: (smoke_repo / "reports" / name).read_bytes() for name in ("protocol.csv", "summary.md")}
     convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
     _run(["dvc", "repro", "--force"], smoke_repo)
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
+    assert all((smoke_repo / "reports" / name).read_bytes() == content for name, content in others.items())
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
     assert (smoke_repo / "dvc.lock").read_text() == lock_before
 
