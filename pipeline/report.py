@@ -35,6 +35,7 @@ IMAGE_HEADLINE_METRICS = directions("image", table="headline")
 #: properties of a flow's ODE trajectories (Liu et al. 2023), reported by the flows that define them
 PATH_METRICS = list(directions("toy", table="path"))
 METRIC_ENTRIES = {(m.name, m.kind): m for m in METRICS}
+ADAPTIVE_COLUMN = "adaptive"
 #: how to read a cell of the headline and NFE tables (pipeline.uncertainty)
 READING = ("How to read a cell: mean over training seeds ± the half-width of its 95% Student-t interval over "
            "those seeds (no ± with one seed); in [brackets] the evaluation's own error at its sample size: the "
@@ -80,9 +81,19 @@ def collect_results(root: Path, params: Params) -> pd.DataFrame:
 
 
 def _closest_nfe(group: pd.DataFrame, target: int) -> pd.DataFrame:
-    nfes = np.array(sorted(group.nfe.unique()))
-    best = nfes[np.lexsort((-nfes, np.abs(np.log(np.maximum(nfes, 1)) - np.log(target))))[0]]
-    return group[group.nfe == best]
+    """Each seed's row at the NFE closest to `target` (in log NFE, ties to the larger): an adaptive sampler's
+    NFE differs from seed to seed, so the choice is made per seed."""
+    chosen = []
+    for _, rows in group.groupby("seed", sort=True):
+        nfes = np.array(sorted(rows.nfe.unique()))
+        best = nfes[np.lexsort((-nfes, np.abs(np.log(np.maximum(nfes, 1)) - np.log(target))))[0]]
+        chosen.append(rows[rows.nfe == best])
+    return pd.concat(chosen)
+
+
+def _nfe_text(nfes: pd.Series) -> str:
+    low, high = int(nfes.min()), int(nfes.max())
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _interval_text(values: pd.Series) -> str:
@@ -123,8 +134,10 @@ def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE
         chosen = _closest_nfe(group, target)
         error = evaluation_error(frame, method, sampler, dataset, metric, kind, chosen.nfe.unique())
         label = _interval_text(chosen.value)
-        if method != "data":
-            label += (f" [{error:.3f}]" if math.isfinite(error) else "") + f" ({int(chosen.nfe.iloc[0])})"
+        if method == "data":  # the floor keeps its spread over reference chunks
+            label += f" ± {error:.3f}" if math.isfinite(error) and len(chosen) == 1 else ""
+        else:
+            label += (f" [{error:.3f}]" if math.isfinite(error) else "") + f" ({_nfe_text(chosen.nfe)})"
             per_seed.setdefault(f"{dataset} {metric}", {})[(method, sampler)] = chosen.set_index("seed").value
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = label
     for column, key in best_entries(per_seed, {f"{d} {m}": metrics[m] for d in names for m in metrics}).items():
@@ -159,8 +172,18 @@ def budget_table(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame
     sub = frame[(frame.dataset == dataset) & (frame.metric == metric) & (frame.method != "data")]
     if sub.empty:
         return pd.DataFrame()
+    # an adaptive sampler (no NFE shared by all its seeds) gets one column, its NFE range beside the value
+    shared = sub.groupby(["method", "sampler"]).apply(
+        lambda g: bool(set.intersection(*(set(r.nfe) for _, r in g.groupby("seed")))), include_groups=False)
+    adaptive = sub.set_index(["method", "sampler"]).index.map(lambda key: not shared[key])
+    sub = sub.assign(nfe=np.where(adaptive, ADAPTIVE_COLUMN, sub.nfe.astype(object)))
     pivot = sub.groupby(["method", "sampler", "nfe"], sort=False).value.agg(_interval_text).unstack("nfe")
-    pivot = pivot.reindex(sorted(pivot.columns), axis=1)
+    ranges = frame[(frame.dataset == dataset) & (frame.metric == metric)].groupby(["method", "sampler"]).nfe
+    if ADAPTIVE_COLUMN in pivot.columns:
+        pivot[ADAPTIVE_COLUMN] = [f"{v} (NFE {_nfe_text(ranges.get_group(k))})" if isinstance(v, str) else v
+                                  for k, v in zip(pivot.index, pivot[ADAPTIVE_COLUMN])]
+    pivot = pivot.reindex(sorted(pivot.columns, key=lambda c: (c == ADAPTIVE_COLUMN, 0 if c == ADAPTIVE_COLUMN else c)),
+                          axis=1)
     pivot.index = [f"{m} / {s}" for m, s in pivot.index]
     return pivot.fillna("")
 
@@ -173,8 +196,9 @@ def floor_ratio_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
     runs = w2[w2.method != "data"]
     if runs.empty or floors.empty:
         return pd.DataFrame()
-    largest = runs.groupby(["dataset", "method", "sampler"]).nfe.transform("max")
-    top = runs[runs.nfe == largest].groupby(["dataset", "method", "sampler", "nfe"], sort=False).value.mean()
+    largest = runs.groupby(["dataset", "method", "sampler", "seed"]).nfe.transform("max")  # per seed: adaptive NFE
+    top = runs[runs.nfe == largest].groupby(["dataset", "method", "sampler"], sort=False).agg(
+        nfe=("nfe", "max"), value=("value", "mean"))
     table = top.reset_index().rename(columns={"value": "w2"})
     table["floor"] = table.dataset.map(floors)
     table["ratio"] = table.w2 / table.floor
@@ -240,7 +264,7 @@ def mode_table(frame: pd.DataFrame, params: Params, shown: tuple[str, ...] = ("c
     sub = frame[frame.dataset.isin(toy) & frame.metric.isin(shown)]
     if sub.empty:
         return pd.DataFrame()
-    largest = sub.groupby(["dataset", "method", "sampler"]).nfe.transform("max")
+    largest = sub.groupby(["dataset", "method", "sampler", "seed"]).nfe.transform("max")
     means = sub[sub.nfe == largest].groupby(["method", "sampler", "dataset", "metric"], sort=False).value.mean()
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for (method, sampler, dataset, metric), value in means.items():
@@ -274,7 +298,7 @@ def learned_table(frame: pd.DataFrame, params: Params, tolerance: float = 0.1) -
     sub = frame[frame.dataset.isin(toy) & frame.metric.isin(["coverage", "modes"])]
     if sub.empty:
         return pd.DataFrame()
-    largest = sub.groupby(["dataset", "method", "sampler"]).nfe.transform("max")
+    largest = sub.groupby(["dataset", "method", "sampler", "seed"]).nfe.transform("max")
     means = sub[sub.nfe == largest].groupby(["dataset", "method", "sampler", "metric"], sort=False).value.mean()
     means = means.unstack("metric")
     rows = []

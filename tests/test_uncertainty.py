@@ -55,7 +55,7 @@ def test_a_cell_shows_the_seed_interval_the_evaluation_error_and_the_nfe():
     assert table.loc["ddpm / ancestral_beta", "moons w2"] == f"**{mean:.3f} ± {half:.3f} [0.004] (100)**"
     assert table.loc["ddpm / ancestral_beta", "moons nll"].startswith("2.000 ± ") and "[0.020]" in \
         table.loc["ddpm / ancestral_beta", "moons nll"]
-    assert table.loc["data / data", "moons w2"] == "0.050"
+    assert table.loc["data / data", "moons w2"] == "0.050 ± 0.004"  # the floor keeps its spread over chunks
     cell = budget_table(_two_methods(0.02), "moons", "w2").loc["ddpm / ancestral_beta", 100]
     assert cell == f"{mean:.3f} ± {half:.3f}"
 
@@ -69,3 +69,20 @@ def test_the_best_is_marked_only_where_the_paired_test_holds():
     assert "**" not in headline_table(noisy, params).to_string()
     one_seed = Params.model_validate({"datasets": ["moons"], "methods": {"ddpm": {}, "flow_matching": {}}})
     assert "**" not in headline_table(_two_methods(0.02, seeds=(0,)), one_seed).to_string()
+
+
+def test_an_adaptive_sampler_is_one_entry_over_seeds_whatever_its_nfe():
+    """RK45 uses a different NFE on each seed: the cell and the NFE table pool the seeds, with the NFE range."""
+    params = Params.model_validate({"datasets": ["moons"], "methods": {"flow_matching": {}}, "seeds": [0, 1, 2]})
+    frame = _frame([("moons", "data", "data", 0, 0, "w2", 0.05)] +
+                   [("moons", "flow_matching", "ode_rk45", 120 + 10 * seed, seed, "w2", 0.1 + 0.01 * seed)
+                    for seed in range(3)] +
+                   [("moons", "flow_matching", "ode_euler", nfe, seed, "w2", 0.2) for seed in range(3)
+                    for nfe in (10, 100)])
+    mean, half = seed_interval([0.1, 0.11, 0.12])
+    cell = headline_table(frame, params).loc["flow_matching / ode_rk45", "moons w2"].strip("*")
+    assert cell.startswith(f"{mean:.3f} ± {half:.3f}") and cell.endswith("(120-140)")
+    table = budget_table(frame, "moons", "w2")
+    assert list(table.columns) == [10, 100, "adaptive"]
+    assert table.loc["flow_matching / ode_rk45", "adaptive"] == f"{mean:.3f} ± {half:.3f} (NFE 120-140)"
+    assert table.loc["flow_matching / ode_euler", 10] == "0.200 ± 0.000"
