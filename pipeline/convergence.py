@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.layout import baseline_file, convergence_file
 from pipeline.metric_table import select
+from pipeline.uncertainty import seed_interval
 
 #: where the study profile's gathered table is kept for other profiles' reports
 STUDY = Path("reports") / "studies" / "convergence.csv"
@@ -65,24 +65,13 @@ def collect_convergence(root: Path, params: Params) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
-def t_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided 95% Student-t interval over seeds (nan for one seed)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n < 2:
-        return float(values.mean()), math.nan
-    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-
-
 def curves(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, method, sampler, metric, step): mean over seeds, interval half-width, seed count."""
     sub = frame[(frame.method != "data") & frame.metric.isin(CURVE_METRICS)]
     sub = sub[~((sub.metric == "nll") & (sub.dataset.map(DATASETS) == "image"))]  # images: bits/dim
     rows = []
     for key, group in sub.groupby(["dataset", "method", "sampler", "metric", "step"], sort=False):
-        mean, half = t_interval(group.value.to_numpy())
+        mean, half = seed_interval(group.value.to_numpy())
         rows.append(dict(zip(["dataset", "method", "sampler", "metric", "step"], key), mean=mean, half=half,
                          seeds=len(group)))
     return pd.DataFrame(rows, columns=["dataset", "method", "sampler", "metric", "step", "mean", "half", "seeds"])
@@ -115,7 +104,7 @@ def converged_step(runs: pd.DataFrame, higher_is_better: bool, margin: float = 0
     step = int(values.index[-1])
     for s in values.index[::-1]:
         differences = (values.loc[s] - last).dropna().to_numpy()
-        mean, half = t_interval(differences) if len(differences) else (math.nan, math.nan)
+        mean, half = seed_interval(differences) if len(differences) else (math.nan, math.nan)
         half = 0.0 if math.isnan(half) else half
         worse = mean + half < -margin if higher_is_better else mean - half > margin
         if worse:

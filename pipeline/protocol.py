@@ -43,7 +43,7 @@ def _extractor(root: Path, params: Params, dataset: str) -> tuple[str, str]:
     if cfg.extractor == "inception":
         return "inception-v3 (torch-fidelity)", sha256_file(Path(cfg.inception_weights))
     path = features_file(root, dataset)
-    return "classifier (prepare stage)", sha256_file(path) if path.exists() else ""
+    return "classifier (prepare stage)", sha256_file(path) if path.exists() else f"missing: {path}"
 
 
 def _counts(params: Params, kind: str, source: str, method: str) -> tuple[float, float, str]:

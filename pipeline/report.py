@@ -97,11 +97,13 @@ def _nfe_text(nfes: pd.Series) -> str:
 
 
 def _interval_text(values: pd.Series) -> str:
-    """mean ± the 95% t half-width over seeds (the mean alone for one seed)."""
-    mean, half = seed_interval(values.dropna().tolist())
+    """mean ± the 95% t half-width over seeds (the mean alone for one seed); a seed without a value is named."""
+    finite = values.dropna()
+    mean, half = seed_interval(finite.tolist())
     if not math.isfinite(mean):
         return "—"
-    return f"{mean:.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
+    missing = f" ({len(finite)} of {len(values)} seeds)" if len(finite) < len(values) else ""
+    return f"{mean:.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "") + missing
 
 
 def evaluation_error(frame: pd.DataFrame, method: str, sampler: str, dataset: str, metric: str, kind: str,

@@ -23,8 +23,9 @@ ALPHA = 0.05
 
 
 def seed_interval(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t interval over seeds); the half-width is nan for one seed."""
-    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    """(mean, half-width of the 95% Student-t interval over seeds); the half-width is nan for one seed. A nan
+    value is not dropped: it makes both nan (the caller says which seeds it left out)."""
+    values = np.asarray([math.nan if v is None else v for v in values], dtype=float)
     if len(values) == 0:
         return math.nan, math.nan
     if len(values) == 1:

@@ -153,15 +153,6 @@ def _study_frame(curve_w2: dict[int, list[float]], curve_cov: dict[int, list[flo
     return pd.DataFrame(rows)
 
 
-def test_the_interval_is_student_t_over_seeds():
-    from pipeline.convergence import t_interval
-
-    mean, half = t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0
-    assert half == pytest.approx(4.302652729911275 * 1.0 / 3 ** 0.5)  # t_{0.975, 2} * sd / sqrt(n)
-    assert t_interval([1.0])[1] != t_interval([1.0])[1]  # nan: one seed has no interval
-
-
 def test_the_rule_takes_the_first_step_from_which_every_later_mean_is_within_the_last_interval():
     from pipeline.convergence import budget_table, chosen_budget
 

@@ -180,6 +180,17 @@ def _stale_stages(repo: Path) -> set[str]:
     return {name for name, changes in status.items() if changes != ["always changed"]}
 
 
+def _stale_after_edit(repo: Path, edited: str) -> set[str]:
+    """The stale stages while `edited` carries one more comment line; the file is restored after."""
+    path = repo / edited
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        return _stale_stages(repo)
+    finally:
+        path.write_bytes(original)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("edited, expected", [
     ("pipeline/report.py", {"report"}),
@@ -192,13 +203,7 @@ def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(smoke_repo
     editing the report's code retrains nothing."""
     stages = yaml.safe_load((smoke_repo / "dvc.yaml").read_text())["stages"]
     assert _stale_stages(smoke_repo) == set()
-    path = smoke_repo / edited
-    original = path.read_bytes()
-    try:
-        path.write_bytes(original + b"\n# an edit\n")
-        stale = _stale_stages(smoke_repo)
-    finally:
-        path.write_bytes(original)
+    stale = _stale_after_edit(smoke_repo, edited)
     assert {name.split("@")[0] for name in stale} == expected
     if "run" in expected:  # every run stage of the profile, not some
         params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
@@ -213,13 +218,7 @@ def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(smoke_repo
 def test_editing_one_methods_module_makes_stale_only_its_stages(smoke_repo, edited, method, reflowed):
     """run@<method>-* (and its reflow round's stages, which run its code), then report and publish."""
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
-    path = smoke_repo / edited
-    original = path.read_bytes()
-    try:
-        path.write_bytes(original + b"\n# an edit\n")
-        stale = _stale_stages(smoke_repo)
-    finally:
-        path.write_bytes(original)
+    stale = _stale_after_edit(smoke_repo, edited)
     runs = {f"run@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
     rounds = {f"reflow@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
     assert stale == runs | (rounds if reflowed else set()), sorted(stale)

@@ -16,6 +16,7 @@ def test_the_seed_interval_is_students_t():
     assert mean == pytest.approx(7 / 3)
     assert half == pytest.approx(stats.t.ppf(0.975, 2) * pd.Series([1.0, 2.0, 4.0]).std() / math.sqrt(3))
     assert seed_interval([3.0])[0] == 3.0 and math.isnan(seed_interval([3.0])[1])
+    assert all(math.isnan(v) for v in seed_interval([1.0, None, 2.0]))  # a missing seed is not dropped silently
 
 
 def test_the_paired_test_uses_the_pairing_and_the_direction():
@@ -58,6 +59,8 @@ def test_a_cell_shows_the_seed_interval_the_evaluation_error_and_the_nfe():
     assert table.loc["data / data", "moons w2"] == "0.050 ± 0.004"  # the floor keeps its spread over chunks
     cell = budget_table(_two_methods(0.02), "moons", "w2").loc["ddpm / ancestral_beta", 100]
     assert cell == f"{mean:.3f} ± {half:.3f}"
+    failed = _two_methods(0.02).assign(value=lambda f: f.value.mask((f.seed == 2) & (f.metric == "w2")))
+    assert budget_table(failed, "moons", "w2").loc["ddpm / ancestral_beta", 100].endswith("(2 of 3 seeds)")
 
 
 def test_the_best_is_marked_only_where_the_paired_test_holds():
