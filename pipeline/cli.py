@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from pipeline import threads as thread_policy
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark of diffusion, score-based and flow generative models.")
 
@@ -39,20 +41,14 @@ _MLFLOW_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX
 
 
 def _limit_threads() -> None:
-    """Torch's default (one thread per core) unless PIPELINE_NUM_THREADS says otherwise.
-
-    DVC runs stages one after another, so a stage has the machine to itself: on this project's
-    2-core CI machine, idle, two threads made a sampling step of the 2-D MLP 1.7-1.9x faster and a
-    training step 1.3x faster than one. Under other load (a test suite beside the run) one thread
-    is faster: set PIPELINE_NUM_THREADS=1 there.
-    """
+    """Torch's thread count follows the free cores (pipeline.threads) unless PIPELINE_NUM_THREADS fixes it."""
     threads = os.environ.get("PIPELINE_NUM_THREADS")
     if threads:
         if not threads.isdigit() or int(threads) < 1:
             _fail(f"PIPELINE_NUM_THREADS must be a positive integer, got {threads!r}", 2)
-        import torch
-
-        torch.set_num_threads(int(threads))
+        thread_policy.start(int(threads))
+    else:
+        thread_policy.start()
 
 
 def _fail(message: str, code: int) -> None:
@@ -93,6 +89,10 @@ def _check_names(params, method: str | None = None, dataset: str | None = None, 
         _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(accepted)})", 2)
     if dataset is not None and dataset not in params.datasets:
         _fail(f"--dataset {dataset!r} is not in params.yaml's datasets ({', '.join(params.datasets)})", 2)
+    if dataset is not None:
+        from pipeline.data import DATASETS
+
+        thread_policy.start_for(DATASETS[dataset])
     if seed is not None and seed not in params.seeds:
         _fail(f"--seed {seed} is not in params.yaml's seeds ({', '.join(map(str, params.seeds))})", 2)
 
@@ -241,9 +241,18 @@ def report() -> None:
 
 
 @app.command()
-def publish() -> None:
+def publish(force: bool = typer.Option(False, "--force", help="Ask the tracking store itself whether this "
+                                        "state is there, not the local ledger of published states.")) -> None:
     """Publish the pipeline's outputs to MLflow (skipped when this state was already published)."""
-    from pipeline.tracking import publish as publish_runs, tracking_uri
+    from pipeline.published import pipeline_state, published_run, tracking_uri
+
+    root = _state["root"]
+    known = None if force or not (root / "dvc.lock").exists() else \
+        published_run(root, tracking_uri(root), pipeline_state(root))
+    if known:  # the ledger's quick exit: no MLflow, no torch (pipeline.published)
+        typer.echo(f"MLflow run {known} at {tracking_uri(root)} (already published)")
+        return
+    from pipeline.tracking import publish as publish_runs
 
     for name, value in _MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)

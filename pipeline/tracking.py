@@ -16,36 +16,16 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 
 from pipeline import metric_table
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.errors import StageError, TrackingError
-from pipeline.io import sha256_bytes
 from pipeline.layout import convergence_file, loss_file, model_file
+from pipeline.published import pipeline_state, record, tracking_uri
 
 if TYPE_CHECKING:
     import pandas as pd
-
-PUBLISH_STAGE = "publish"
-
-
-
-def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else sqlite:///<repo>/mlflow.db (absolute, so `mlflow ui` there sees it)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
-
-
-def pipeline_state(root: Path) -> str:
-    """Hash of dvc.lock without the publish stage (or of params.yaml when there is no lock yet)."""
-    lock = Path(root) / "dvc.lock"
-    if lock.exists():
-        content = yaml.safe_load(lock.read_text()) or {}
-        stages = {k: v for k, v in (content.get("stages") or {}).items() if k != PUBLISH_STAGE}
-        return sha256_bytes(json.dumps(stages, sort_keys=True).encode())[:16]
-    return sha256_bytes((Path(root) / "params.yaml").read_bytes())[:16]
-
 
 def git_commit(root: Path) -> str:
     try:
@@ -87,6 +67,7 @@ def publish(root: Path, params: Params) -> str:
         raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(error).__name__}); check "
                             f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db") from None
     if existing:
+        record(root, uri, state, existing[0].info.run_id)
         return existing[0].info.run_id
     results = pd.read_csv(results_path)
     protocol_path = root / "reports" / "protocol.csv"
@@ -108,7 +89,8 @@ def publish(root: Path, params: Params) -> str:
                 for seed in params.seeds:
                     _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id,
                                    protocol)
-        return parent.info.run_id
+    record(root, uri, state, parent.info.run_id)
+    return parent.info.run_id
 
 
 def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: str, dataset: str, seed: int,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pipeline.errors import CheckpointError, TrainingDiverged
-from pipeline import rng
+from pipeline import rng, threads
 from pipeline.schema import TrainSettings
 from pipeline.io import save_torch, sha256_bytes
 
@@ -141,6 +141,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
     buffer_pairs = list(zip(ema.buffers(), net.buffers()))
     snapshot_steps = set(settings.snapshots)
     for step in range(start, settings.steps):
+        threads.poll()
         lr = learning_rate(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr

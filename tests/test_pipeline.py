@@ -18,9 +18,9 @@ from pipeline.data import DATASETS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_LOGGING_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+def _run(args, cwd, **extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_NUM_THREADS")}
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_LOGGING_LEVEL="WARNING", PYTHONUNBUFFERED="1", **extra_env)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
@@ -99,7 +99,9 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
 
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     uri = f"sqlite:///{smoke_repo / 'mlflow.db'}"
-    _run(["pipeline", "publish"], smoke_repo)  # the same state again: nothing new
+    quick = _run(["pipeline", "publish"], smoke_repo)  # the same state again: the ledger's quick exit
+    assert "(already published)" in quick.stdout
+    _run(["pipeline", "publish", "--force"], smoke_repo)  # the store itself says so too: nothing new
     client = mlflow.tracking.MlflowClient(uri)
     experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
     runs = client.search_runs([experiment.experiment_id])
@@ -140,12 +142,14 @@ def test_the_convergence_section_comes_from_the_runs_snapshots_or_the_kept_study
 
 @pytest.mark.slow
 def test_forced_rerun_is_byte_identical(smoke_repo):
+    """The first run's thread count follows the free cores (pipeline.threads); the rerun holds one thread,
+    so this also checks that no count changes a number of the 2-D path."""
     before = (smoke_repo / "reports" / "results.csv").read_bytes()
     others = {name: (smoke_repo / "reports" / name).read_bytes() for name in ("protocol.csv", "summary.md")}
     convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
-    _run(["dvc", "repro", "--force"], smoke_repo)
+    _run(["dvc", "repro", "--force"], smoke_repo, PIPELINE_NUM_THREADS="1")
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
     assert all((smoke_repo / "reports" / name).read_bytes() == content for name, content in others.items())
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before

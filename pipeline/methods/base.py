@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pipeline import rng
+from pipeline import rng, threads
 from pipeline.schema import MethodConfig
 from pipeline.nets import build_network
 from pipeline.samplers import SamplerSpec, applicable
@@ -170,6 +170,7 @@ class Method(ABC):
 
 def call_network(net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
     """Evaluate net in its own dtype and return the caller's dtype (solvers may work in float64)."""
+    threads.poll()
     first = next(net.parameters(), None)
     dtype = x.dtype if first is None else first.dtype
     return net(x.to(dtype), t.to(dtype)).to(x.dtype)

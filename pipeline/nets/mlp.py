@@ -7,10 +7,25 @@ from torch import Tensor, nn
 from pipeline.nets.embeddings import SinusoidalEmbedding
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm with its scale and shift applied as plain tensor ops.
+
+    The fused kernel's backward sums the scale's and shift's gradients over the batch in chunks that
+    follow torch's thread count, so a model trained on 1 and on 2 threads differed in the last bits
+    (and then everywhere). Autograd's sum over the batch for `normalized * weight + bias` is the same
+    for any thread count, which lets pipeline.threads change the count under load without changing a
+    number (tests/test_threads.py).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        normalized = nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        return normalized * self.weight + self.bias
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
-        self.norm = nn.LayerNorm(hidden)
+        self.norm = LayerNorm(hidden)
         self.linear = nn.Linear(hidden, hidden)
         self.time = nn.Linear(hidden, hidden)
 
@@ -28,7 +43,7 @@ class MLP(nn.Module):
                                    nn.SiLU(), nn.Linear(hidden, hidden))
         self.input = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(depth))
-        self.output = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim + extra_outputs))
+        self.output = nn.Sequential(LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim + extra_outputs))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         # samplers and ODE solvers call the network with one time for the whole batch: the time path

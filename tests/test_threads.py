@@ -1,0 +1,67 @@
+"""The thread policy (pipeline.threads): the count follows the free cores, and no count changes a number
+of the 2-D path (the stage-level check is test_pipeline.py's forced rerun on one thread)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipeline import threads
+from pipeline.nets.mlp import MLP
+
+
+def test_a_core_counts_as_free_when_at_most_a_quarter_of_it_is_taken():
+    assert threads.free_cores(0.0, 2) == 2
+    assert threads.free_cores(0.2, 2) == 2
+    assert threads.free_cores(0.3, 2) == 1
+    assert threads.free_cores(1.0, 2) == 1
+    assert threads.free_cores(5.0, 2) == 1
+    assert threads.free_cores(1.0, 16) == 15
+
+
+@pytest.mark.skipif(threads._machine_busy_seconds() is None or threads._usable_cores() < 2,
+                    reason="needs /proc/stat and two cores")
+def test_the_governor_gives_up_the_core_another_process_keeps_busy_and_takes_it_back():
+    governor = threads.ThreadGovernor(interval=0.5, cores=2)
+    before = torch.get_num_threads()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        governor.others_busy()  # start the interval once the other process runs
+        time.sleep(0.6)
+        governor.poll()
+        assert torch.get_num_threads() == 1
+    finally:
+        busy.kill()
+        busy.wait()
+    try:
+        time.sleep(0.6)
+        governor.poll()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("hidden, depth, time_embedding", [(128, 3, 32), (32, 2, 16)])  # default and smoke MLPs
+def test_the_mlp_gives_the_same_bits_on_one_and_two_threads(hidden, depth, time_embedding):
+    """Forward (shared and per-row times) and every gradient, at the batch sizes the stages use and the
+    small ones an adaptive solver's last rows leave (MKL's default mode differed at 5-7 and 9-11 rows)."""
+    torch.manual_seed(0)
+    net = MLP(2, hidden, depth, time_embedding, extra_outputs=1)
+    before = torch.get_num_threads()
+    try:
+        for rows in [*range(1, 20), 37, 500, 512, 1000]:
+            x, t = torch.randn(rows, 2), torch.rand(rows)
+            results = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                net.zero_grad()
+                out = net(x, t)
+                shared = net(x, t[:1].expand(rows))
+                (out.square().mean() + shared.mean()).backward()
+                results.append([out.detach(), shared.detach()] + [p.grad.clone() for p in net.parameters()])
+            assert all(torch.equal(a, b) for a, b in zip(*results)), rows
+    finally:
+        torch.set_num_threads(before)
