@@ -264,27 +264,25 @@ def publish(force: bool = typer.Option(False, "--force", help="Ask the tracking 
     _run(action)
 
 
-@app.command("benchmark")
-def benchmark_command(dataset: str = typer.Option("moons", "--dataset", "-d", help="A 2-D data set."),
-                      steps: int = typer.Option(200, help="Training steps to time per method."),
-                      n_samples: int = typer.Option(2000, help="Points drawn per sampler."),
-                      budget: int = typer.Option(100, help="Step budget (the method's closest one is used)."),
-                      out: Optional[Path] = typer.Option(None, help="Also write the rows to this JSON file.")) -> None:
-    """Time training steps and every sampler of every method of params.yaml (not part of `dvc repro`)."""
-    from pipeline.benchmark import benchmark
-    from pipeline.data.toy import TOY_DATASETS
-    from pipeline.io import write_json
+@app.command("bench")
+def bench_command(repeats: int = typer.Option(3, help="Timed runs per figure (after a warm-up); the median is kept."),
+                  train_steps: int = typer.Option(100, help="Training steps per method, timed and before sampling."),
+                  n_points: int = typer.Option(1000, help="2-D points per sampler run."),
+                  n_images: int = typer.Option(200, help="Images per sampler run."),
+                  budget: int = typer.Option(100, help="Step budget (each method's closest; images at most 10)."),
+                  profile: str = typer.Option("smoke", help="Profile whose `dvc repro` is timed in a copy of the "
+                                              "repository (default = params.yaml; none to skip)."),
+                  out: Path = typer.Option(Path("reports"), help="Folder for benchmarks.md and benchmarks.csv.")) -> None:
+    """Measure samplers, the trainer, the evaluation and `dvc repro` against their targets (not part of `dvc repro`)."""
+    from pipeline.benchmark import run_bench
 
     def action(params):
-        if dataset not in TOY_DATASETS:
-            _fail(f"--dataset {dataset!r} is not a 2-D data set ({', '.join(TOY_DATASETS)})", 2)
-        rows = benchmark(params, dataset, steps, n_samples, budget)
-        typer.echo(f"{'method':<18}{'sampler':<24}{'budget':>8}{'nfe':>6}{'train ms/step':>15}{'sample s':>10}")
-        for row in rows:
-            typer.echo(f"{row['method']:<18}{row['sampler']:<24}{str(row['budget']):>8}{row['nfe']:>6}"
-                       f"{row['train_ms_per_step']:>15}{row['sample_seconds']:>10}")
-        if out is not None:
-            write_json(out, rows)
+        if profile not in ("none", "default") and not (Path("profiles") / f"{profile}.yaml").exists() and \
+                not (Path(__file__).resolve().parents[1] / "profiles" / f"{profile}.yaml").exists():
+            _fail(f"--profile {profile!r}: no profiles/{profile}.yaml (or use default, none)", 2)
+        path = run_bench(params, out, repeats, train_steps, n_points, n_images, budget,
+                         None if profile == "none" else profile, lambda message: typer.echo(f"bench: {message}", err=True))
+        typer.echo(f"wrote {path}")
 
     _run(action)
 

@@ -8,11 +8,13 @@ process, and 3.1-3.4 ms on one thread either way. The governor reads the machine
 `poll()`, and sets torch's thread count to the cores the other processes left free.
 
 Changing the count must not change a number. On the 2-D path nothing does: MKL's strict reproducible
-mode (set in pipeline/__init__.py) makes matrix products the same for any count, and
-pipeline.nets.mlp.LayerNorm avoids the one kernel whose backward was not (tests/test_threads.py checks
-a stage's outputs at 1 and 2 threads). The image path cannot promise it: oneDNN's convolutions (a batch
-of one through a strided one; every weight gradient) and MKL's products with 4 or 16 outputs at a few
-small batch sizes give other bits on another count, so image stages run on one thread (`start_for`).
+mode (set in pipeline/__init__.py) gives the MLP's matrix products the same bits on any count (without it
+a Linear of 5-7 or 9-11 rows did not), and pipeline.nets.mlp.LayerNorm avoids the one kernel whose
+backward was not (tests/test_threads.py checks the MLPs of the default and smoke profiles;
+test_pipeline.py's forced rerun on one thread checks every 2-D stage output). The image path cannot
+promise it: oneDNN's convolutions (every weight gradient; a batch of one through a strided one) and MKL's
+products with 4 or 16 outputs at a few small batch sizes, even in strict mode, give other bits on another
+count, so image stages run on one thread (`start_for`).
 PIPELINE_NUM_THREADS=n fixes the count for every stage (the governor is then off).
 """
 

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # small networks run faster on one thread while other work shares the 2 cores
+# the same for the CLI commands the tests invoke in this process (pipeline.threads would govern the count
+# for the rest of the session); the pipeline tests' subprocesses drop it and run the governor
+os.environ.setdefault("PIPELINE_NUM_THREADS", "1")
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

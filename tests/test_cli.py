@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["validate", "prepare", "train", "sample", "evaluate", "run", "report", "publish", "list"]
+COMMANDS = ["validate", "prepare", "train", "sample", "evaluate", "run", "report", "publish", "bench", "list"]
 
 
 @pytest.fixture()
@@ -103,16 +104,20 @@ def test_a_missing_data_file_says_what_to_run(tiny_params):
     assert result.exit_code == 2 and "dvc repro" in result.output
 
 
-def test_benchmark_times_training_and_every_sampler(tiny_params, tmp_path):
-    out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["--params", str(tiny_params), "benchmark", "--steps", "5", "--n-samples", "50",
-                                      "--budget", "4", "--out", str(out)])
+def test_bench_writes_every_kind_of_figure(tiny_params, tmp_path):
+    """`pipeline bench` at tiny sizes (no `dvc repro`: the slow test runs that on the smoke profile)."""
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "bench", "--repeats", "1", "--train-steps", "3",
+                                      "--n-points", "50", "--n-images", "4", "--budget", "4", "--profile", "none",
+                                      "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    import json
-
-    rows = json.loads(out.read_text())
-    assert [(r["method"], r["sampler"], r["nfe"]) for r in rows] == [("flow_matching", "ode_euler", 4)]
-    assert rows[0]["train_ms_per_step"] > 0 and rows[0]["sample_seconds"] > 0
+    table = pd.read_csv(tmp_path / "benchmarks.csv")
+    assert set(table.section) >= {"sampler overhead (2-D, 50 samples)", "sampler overhead (image, 4 samples)",
+                                  "trainer (2-D)", "evaluation"}
+    overhead = table[table.section.str.startswith("sampler overhead (2-D")]
+    assert list(overhead.item) == ["flow_matching ode_euler"] and overhead.value.iloc[0] > 0
+    assert set(table.holds.dropna()) <= {"yes", "no"}
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "## trainer (2-D)" in text and "cores" in text
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1"])
