@@ -36,6 +36,7 @@ from pipeline.data.toy import TOY_DATASETS
 from pipeline.io import write_text
 from pipeline.layout import resolve_device
 from pipeline.methods import build_method
+from pipeline import rng
 from pipeline.rng import SampleStreams
 from pipeline.io import save_torch
 from pipeline.training import train, weights_digest
@@ -199,7 +200,7 @@ def trainer_ratios(params: Params, data: torch.Tensor, steps: int, repeats: int,
             optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, fused=True)
             generator = torch.Generator(device=device).manual_seed(0)
             for _ in range(steps):
-                index = torch.randint(0, train_data.shape[0], (settings.batch_size,), generator=generator)
+                index = rng.integers(0, train_data.shape[0], (settings.batch_size,), generator, device)
                 loss = method.loss(net, train_data[index], generator).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

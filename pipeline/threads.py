@@ -62,6 +62,7 @@ class ThreadGovernor:
         self.interval = interval
         self.cores = cores or _usable_cores()
         self.enabled = _machine_busy_seconds() is not None
+        self.last_busy: float | None = None
         self._last = self._reading()
 
     def _reading(self) -> tuple[float, float, float]:
@@ -75,7 +76,8 @@ class ThreadGovernor:
             return None
         busy = (now[1] - self._last[1]) - (now[2] - self._last[2])
         self._last = now
-        return max(0.0, busy / wall)
+        self.last_busy = max(0.0, busy / wall)
+        return self.last_busy
 
     def poll(self) -> None:
         """Cheap unless `interval` has passed: then re-measure and set the thread count."""

