@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from pipeline.config import Params
-from pipeline.data.toy import TOY_DATASETS
+from pipeline.data import prepare_toy
+from pipeline.data.images import load_digits_pool, to_model_space
+from pipeline.errors import StageError
 from pipeline.io import write_text
 from pipeline.layout import resolve_device
 from pipeline.methods import build_method
@@ -117,11 +119,12 @@ class _FirstForward:
             return median_seconds(lambda: module(*args), max(5, 3 * repeats))
 
 
-def _trained_toy(params: Params, name: str, data: torch.Tensor, steps: int, device):
+def _trained(params: Params, name: str, data: torch.Tensor, kind: str, steps: int, device):
+    """A method and its network after `steps` steps of the one training loop (kind: "toy" or "image")."""
     method = build_method(name, params.method_config(name), tuple(data.shape[1:]))
     torch.manual_seed(0)
     net = method.make_network(params.network)
-    settings = params.train_settings(name, "toy" if data.dim() == 2 else "image").model_copy(
+    settings = params.train_settings(name, kind).model_copy(
         update={"steps": steps, "checkpoint_every": max(steps, 1), "snapshots": []})
     with tempfile.TemporaryDirectory() as tmp:
         train(net, method.loss, method.training_data(data), settings, 0, Path(tmp) / "state.pt", "bench", device,
@@ -132,16 +135,20 @@ def _trained_toy(params: Params, name: str, data: torch.Tensor, steps: int, devi
     return method, net
 
 
-def sampler_overheads(params: Params, data: torch.Tensor, n: int, budget: int, train_steps: int, repeats: int,
-                      kind: str, device) -> list[Figure]:
+def sampler_overheads(params: Params, data: torch.Tensor, kind: str, n: int, budget: int, train_steps: int,
+                      repeats: int, device) -> list[Figure]:
+    """Every sampler the sample stage runs, each at its budget closest to `budget`."""
+    from pipeline.stages import sampler_runs
+
+    label = "2-D" if kind == "toy" else kind
     figures = []
     for name in params.methods:
-        method, net = _trained_toy(params, name, data, train_steps, device)
-        cap = params.sample.image.max_budget if kind == "image" else None
-        for sampler, run_budget in method.sampler_runs():
+        method, net = _trained(params, name, data, kind, train_steps, device)
+        runs = sampler_runs(method, params)
+        for sampler, run_budget in runs:
             if run_budget is not None:
-                allowed = [b for b in method.config.budgets if cap is None or b <= cap]
-                if run_budget != min(allowed, key=lambda b: abs(b - budget)):
+                closest = min((b for s, b in runs if s == sampler), key=lambda b: abs(b - budget))
+                if run_budget != closest:
                     continue
 
             def draw():
@@ -158,7 +165,7 @@ def sampler_overheads(params: Params, data: torch.Tensor, n: int, budget: int, t
             limit = ADAPTIVE_OVERHEAD if adaptive else FIXED_STEP_OVERHEAD
             note = (f"NFE {nfe:.0f} (mean per sample), forward {1e3 * forward:.2f} ms at {n}; finished rows drop out, "
                     f"so below 1 is possible" if adaptive else f"NFE {nfe:.0f}, forward {1e3 * forward:.2f} ms at {n}")
-            figures.append(Figure(f"sampler overhead ({kind}, {n} samples)", f"{name} {sampler}", overhead, "x",
+            figures.append(Figure(f"sampler overhead ({label}, {n} samples)", f"{name} {sampler}", overhead, "x",
                                   f"<= {limit}", _check(overhead, limit), note))
     return figures
 
@@ -195,13 +202,15 @@ def trainer_ratios(params: Params, data: torch.Tensor, steps: int, repeats: int,
                 train(net, method.loss, train_data, settings, 0, Path(tmp) / "state.pt", "bench", device,
                       progress=False)
 
+        device_data = train_data.to(device)
+
         def bare():
             net = copy.deepcopy(initial).to(device)
             optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, fused=True)
             generator = torch.Generator(device=device).manual_seed(0)
             for _ in range(steps):
-                index = rng.integers(0, train_data.shape[0], (settings.batch_size,), generator, device)
-                loss = method.loss(net, train_data[index], generator).mean()
+                index = rng.integers(0, device_data.shape[0], (settings.batch_size,), generator, device)
+                loss = method.loss(net, device_data[index], generator).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -256,13 +265,13 @@ def evaluation_costs(params: Params, data: np.ndarray, repeats: int, device) -> 
     figures.append(Figure("evaluation", f"FID, KID, precision, recall: features of {images.fid_samples} + "
                           f"{images.fid_samples} images (torch-fidelity)", seconds, "s"))
     for name in [m for m in ("flow_matching", "vp_sde") if m in params.methods]:
-        method, net = _trained_toy(params, name, torch.from_numpy(data), 200, device)
-        points = torch.from_numpy(data[: cfg.nll_points])
+        method, net = _trained(params, name, torch.from_numpy(data), "toy", 200, device)
+        points = torch.from_numpy(data[: cfg.nll_points]).to(device)
         context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
         records = []
 
         def likelihood():
-            records[:] = method.log_likelihood(net, points, torch.Generator().manual_seed(0), context)
+            records[:] = method.log_likelihood(net, points, torch.Generator(device=device).manual_seed(0), context)
 
         seconds = median_seconds(likelihood, repeats)
         nfe = statistics.mean(float(r.nfe) for r in records) if records else float("nan")
@@ -274,15 +283,26 @@ def evaluation_costs(params: Params, data: np.ndarray, repeats: int, device) -> 
 # ---------------------------------------------------------------- dvc repro
 
 
-def _copy_repo(root: Path, profile: str) -> None:
+def profile_file(profile: str) -> Path:
+    """params.yaml for `default`, else profiles/<profile>.yaml; a one-line error when there is none."""
+    path = REPO / "params.yaml" if profile == "default" else REPO / "profiles" / f"{profile}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
+        raise StageError(f"--profile {profile!r}: no {path.relative_to(REPO)} (profiles: default, {', '.join(names)}, none)")
+    return path
+
+
+def copy_repository(root: Path, params_file: Path) -> Path:
+    """A fresh git + DVC repository at `root` with this project's code, dvc.yaml and kept studies, and
+    `params_file` as its params.yaml (the benchmark's and the pipeline tests' scratch copies)."""
     for name in ("pipeline", "profiles", "reports/studies"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    source = REPO / "params.yaml" if profile == "default" else REPO / "profiles" / f"{profile}.yaml"
-    shutil.copy(source, root / "params.yaml")
+    shutil.copy(params_file, root / "params.yaml")
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=root, check=True, capture_output=True)
+    return root
 
 
 def _peak_mib(pid: int) -> float:
@@ -322,7 +342,7 @@ def repro_figures(profile: str) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "repo"
         root.mkdir()
-        _copy_repo(root, profile)
+        copy_repository(root, profile_file(profile))
         scratch, _ = _timed(["dvc", "repro"], root)
         noop, _ = _timed(["dvc", "repro"], root)
         label = f"{profile} profile"
@@ -361,17 +381,16 @@ def run_bench(params: Params, out_dir: Path, repeats: int = 3, train_steps: int 
               n_images: int = 200, budget: int = 100, profile: str | None = "smoke",
               progress: Callable[[str], None] = lambda message: None) -> Path:
     device = resolve_device(params.device)
-    toy = TOY_DATASETS["moons"](20000, np.random.default_rng(0)).astype(np.float32)
-    toy = (toy - toy.mean(0)) / toy.std(0)
-    from sklearn.datasets import load_digits
-
-    digits = torch.from_numpy(load_digits().images.astype(np.float32)[:, None] / 8 - 1)
+    toy = prepare_toy("moons", 20000, 1, 1, seed=0)["train"]  # the prepare stage's standardized moons
+    digits = to_model_space(torch.from_numpy(load_digits_pool().train))  # and its digits in [-1, 1]
+    if profile:
+        profile_file(profile)  # a wrong name fails before the long measurements
     figures: list[Figure] = []
     progress("samplers, 2-D")
-    figures += sampler_overheads(params, torch.from_numpy(toy), n_points, budget, train_steps, repeats, "2-D", device)
+    figures += sampler_overheads(params, torch.from_numpy(toy), "toy", n_points, budget, train_steps, repeats, device)
     progress("samplers, images")
-    figures += sampler_overheads(params, digits, n_images, min(budget, 10), max(1, train_steps // 10), repeats,
-                                 "image", device)
+    figures += sampler_overheads(params, digits, "image", n_images, min(budget, 10), max(1, train_steps // 10),
+                                 repeats, device)
     progress("trainer")
     figures += trainer_ratios(params, torch.from_numpy(toy), train_steps, repeats, device)
     progress("evaluation")

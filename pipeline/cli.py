@@ -83,7 +83,8 @@ def _run(action):
 
 def _check_names(params, method: str | None = None, dataset: str | None = None, seed: int | None = None,
                  derived: bool = False) -> None:
-    """derived: also accept the methods params.yaml's `reflow` section makes (made by `pipeline reflow`)."""
+    """Exit 2 with one line on a name params.yaml lacks, and set the data set's thread policy (pipeline.threads:
+    image stages hold one thread). derived: also accept the methods params.yaml's `reflow` section makes."""
     accepted = params.evaluated_methods() if derived else list(params.methods)
     if method is not None and method not in accepted:
         _fail(f"--method {method!r} is not in params.yaml's methods ({', '.join(accepted)})", 2)
@@ -244,11 +245,12 @@ def report() -> None:
 def publish(force: bool = typer.Option(False, "--force", help="Ask the tracking store itself whether this "
                                         "state is there, not the local ledger of published states.")) -> None:
     """Publish the pipeline's outputs to MLflow (skipped when this state was already published)."""
-    from pipeline.published import pipeline_state, published_run, tracking_uri
+    from pipeline.published import experiment_name, pipeline_state, published_run, tracking_uri
 
     root = _state["root"]
-    known = None if force or not (root / "dvc.lock").exists() else \
-        published_run(root, tracking_uri(root), pipeline_state(root))
+    experiment = experiment_name(_state["params"])
+    known = None if force or experiment is None or not (root / "dvc.lock").exists() else \
+        published_run(root, tracking_uri(root), experiment, pipeline_state(root))
     if known:  # the ledger's quick exit: no MLflow, no torch (pipeline.published)
         typer.echo(f"MLflow run {known} at {tracking_uri(root)} (already published)")
         return
@@ -277,9 +279,6 @@ def bench_command(repeats: int = typer.Option(3, help="Timed runs per figure (af
     from pipeline.benchmark import run_bench
 
     def action(params):
-        if profile not in ("none", "default") and not (Path("profiles") / f"{profile}.yaml").exists() and \
-                not (Path(__file__).resolve().parents[1] / "profiles" / f"{profile}.yaml").exists():
-            _fail(f"--profile {profile!r}: no profiles/{profile}.yaml (or use default, none)", 2)
         path = run_bench(params, out, repeats, train_steps, n_points, n_images, budget,
                          None if profile == "none" else profile, lambda message: typer.echo(f"bench: {message}", err=True))
         typer.echo(f"wrote {path}")

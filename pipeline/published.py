@@ -3,7 +3,7 @@
 DVC runs the publish stage on every `dvc repro` (it cannot see the tracking store), and a publish that
 imports MLflow and asks the store whether this state is there cost 8-9 s of a no-op run's 11 s on 2
 cores. The stage first looks here instead: a ledger (.pipeline/published.json, next to dvc.lock and
-ignored by git) of (tracking URI, state) -> parent run, written after each publish. An entry counts only
+ignored by git) of (tracking URI, experiment, state) -> parent run, written after each publish. An entry counts only
 while a SQLite store's file still exists; `pipeline publish --force` asks the store itself. This module
 imports neither MLflow nor torch.
 """
@@ -49,8 +49,18 @@ def _read(root: Path) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def _key(uri: str, state: str) -> str:
-    return f"{state} {uri}"
+def _key(uri: str, experiment: str, state: str) -> str:
+    return f"{state} {experiment} {uri}"
+
+
+def experiment_name(params_file: Path) -> str | None:
+    """params.yaml's mlflow.experiment, read without validating the file (None when it is not there)."""
+    try:
+        section = (yaml.safe_load(Path(params_file).read_text()) or {}).get("mlflow") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    name = section.get("experiment") if isinstance(section, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _store_exists(uri: str) -> bool:
@@ -64,13 +74,13 @@ def _store_exists(uri: str) -> bool:
     return True  # a server: trust the ledger (publish --force asks it)
 
 
-def published_run(root: Path, uri: str, state: str) -> str | None:
-    """The parent run this ledger says holds `state` in the store at `uri`, or None."""
-    run_id = _read(root).get(_key(uri, state))
+def published_run(root: Path, uri: str, experiment: str, state: str) -> str | None:
+    """The parent run this ledger says holds `state` in `experiment` of the store at `uri`, or None."""
+    run_id = _read(root).get(_key(uri, experiment, state))
     return run_id if isinstance(run_id, str) and _store_exists(uri) else None
 
 
-def record(root: Path, uri: str, state: str, run_id: str) -> None:
+def record(root: Path, uri: str, experiment: str, state: str, run_id: str) -> None:
     entries = _read(root)
-    entries[_key(uri, state)] = run_id
+    entries[_key(uri, experiment, state)] = run_id
     write_json(_ledger(root), entries)

@@ -118,10 +118,7 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
                progress: bool = True) -> Path:
     device = resolve_device(params.device)
     method, net = load_model(root, params, method_name, dataset, seed, device)
-    runs = method.sampler_runs()
-    cap = params.sample.image.max_budget
-    if len(method.data_shape) == 3 and cap is not None:
-        runs = [(sampler, budget) for sampler, budget in runs if budget is None or budget <= cap]
+    runs = sampler_runs(method, params)
     arrays, index = {}, []
     iterator = runs
     if progress:
@@ -139,6 +136,16 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     arrays["index"] = np.array(json.dumps(index))
     write_npz(samples_file(root, method_name, dataset, seed), **arrays)
     return samples_file(root, method_name, dataset, seed)
+
+
+def sampler_runs(method: Method, params: Params) -> list[tuple[str, int | None]]:
+    """The (sampler, budget) runs the sample stage draws: the method's, image budgets capped by
+    sample.image.max_budget."""
+    runs = method.sampler_runs()
+    cap = params.sample.image.max_budget
+    if len(method.data_shape) == 3 and cap is not None:
+        runs = [(sampler, budget) for sampler, budget in runs if budget is None or budget <= cap]
+    return runs
 
 
 def sample_noise_seed(seed: int, dataset: str) -> int:

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from pipeline import metric_table
 from pipeline.config import Params
 from pipeline.data import DATASETS
@@ -67,7 +66,7 @@ def publish(root: Path, params: Params) -> str:
         raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(error).__name__}); check "
                             f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db") from None
     if existing:
-        record(root, uri, state, existing[0].info.run_id)
+        record(root, uri, params.mlflow.experiment, state, existing[0].info.run_id)
         return existing[0].info.run_id
     results = pd.read_csv(results_path)
     protocol_path = root / "reports" / "protocol.csv"
@@ -89,7 +88,7 @@ def publish(root: Path, params: Params) -> str:
                 for seed in params.seeds:
                     _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id,
                                    protocol)
-    record(root, uri, state, parent.info.run_id)
+    record(root, uri, params.mlflow.experiment, state, parent.info.run_id)
     return parent.info.run_id
 
 
