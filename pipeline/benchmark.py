@@ -293,11 +293,11 @@ def profile_file(profile: str) -> Path:
 
 
 def copy_repository(root: Path, params_file: Path) -> Path:
-    """A fresh git + DVC repository at `root` with this project's code, dvc.yaml and kept studies, and
+    """A fresh git + DVC repository at `root` with this project's code, dvc.yaml, README and kept studies, and
     `params_file` as its params.yaml (the benchmark's and the pipeline tests' scratch copies)."""
     for name in ("pipeline", "profiles", "reports/studies"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "README.md"):
         shutil.copy(REPO / name, root / name)
     shutil.copy(params_file, root / "params.yaml")
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):

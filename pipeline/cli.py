@@ -234,11 +234,20 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
 
 
 @app.command()
-def report() -> None:
-    """Write reports/results.csv, reports/summary.md and reports/figures/."""
+def report(readme: bool = typer.Option(False, "--readme", help="Also copy the summary's rankings into README.md's "
+                                       "Results, between its markers.")) -> None:
+    """Write reports/results.csv, protocol.csv, summary.md, grid.md, index.html, headline.json and figures/."""
     from pipeline.report import run_report
 
-    _run(lambda params: typer.echo(f"wrote {run_report(_state['root'], params)}"))
+    def action(params):
+        summary = run_report(_state["root"], params)
+        typer.echo(f"wrote {summary}, {summary.parent / 'index.html'}")
+        if readme:
+            from pipeline.report.readme import write_readme
+
+            typer.echo(f"wrote {write_readme(_state['root'] / 'README.md', summary)}")
+
+    _run(action)
 
 
 @app.command()

@@ -200,9 +200,9 @@ def convergence_lines(frame: pd.DataFrame, source: str) -> list[str]:
     return lines
 
 
-def convergence_figure(frame: pd.DataFrame, path: Path) -> None:
+def convergence_figure(frame: pd.DataFrame):
     """Rows of metrics, columns of data sets: each method's best sampler, mean and 95% band against steps
-    (log scale), the data floor dashed."""
+    (log scale), the data floor dashed; the legend right of the panels. Returns the figure (the report saves it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +238,6 @@ def convergence_figure(frame: pd.DataFrame, path: Path) -> None:
             ax.set_title(f"{dataset}: {metric}", fontsize=8)
             ax.set_xlabel("training step", fontsize=7)
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_visible()), ([], []))
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return fig

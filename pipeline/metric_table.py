@@ -30,11 +30,13 @@ class Metric:
     table: str | None = None
     #: against training steps in the convergence section; `rule`: the budget rule waits for it too
     convergence: str | None = None
+    #: the score the summary ranks methods by on data of this kind (one per kind)
+    ranks: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("w2", "toy", "samples", True, "exact 2-Wasserstein distance between the samples and as many held-out "
-           "points (POT's emd2, squared Euclidean cost)", scorer="w2", table="headline", convergence="rule"),
+           "points (POT's emd2, squared Euclidean cost)", scorer="w2", table="headline", convergence="rule", ranks=True),
     Metric("w2_n", "toy", "samples", None, "points in each W2 set", scorer="w2"),
     Metric("precision", "toy", "samples", False, "share of samples inside the k-NN balls of held-out points "
            "(Kynkaanniemi et al. 2019, the prdc package)", scorer="prdc", table="modes"),
@@ -58,7 +60,7 @@ METRICS: tuple[Metric, ...] = (
            "(Liu et al. 2023, def. 3.4)", table="path"),
     Metric("transport_cost", "toy", "trajectory", True, "E ||Z1 - Z0||^2 of the ODE paths", table="path"),
     Metric("fid", "image", "samples", True, "Frechet distance of feature statistics (torch-fidelity) against "
-           "the held-out images", scorer="fidelity", table="headline", convergence="rule"),
+           "the held-out images", scorer="fidelity", table="headline", convergence="rule", ranks=True),
     Metric("fid_n", "image", "samples", None, "images in each FID set", scorer="fidelity"),
     Metric("kid", "image", "samples", True, "kernel inception distance (torch-fidelity, subsets)",
            scorer="fidelity", error="kid_sd", table="headline", convergence="curve"),
@@ -105,6 +107,12 @@ def select(kind: str | None = None, **fields) -> list[Metric]:
     """The table's entries of a kind (None: both) whose fields equal `fields`, in table order."""
     return [m for m in METRICS if (kind is None or m.kind == kind)
             and all(getattr(m, key) == value for key, value in fields.items())]
+
+
+def ranked(kind: str) -> Metric:
+    """The metric the summary ranks methods by on data of `kind`."""
+    (entry,) = select(kind, ranks=True)
+    return entry
 
 
 def directions(kind: str, **fields) -> dict[str, bool]:

@@ -217,6 +217,8 @@ class EvaluateSection(Strict):
 
 class ReportSection(Strict):
     headline_nfe: PositiveInt = 100
+    #: the summary's ranking: each method at its best sampler within each of these NFE budgets (null: any)
+    rank_budgets: list[PositiveInt | None] = Field(default_factory=lambda: [10, 100, None], min_length=1)
 
 
 class MlflowSection(Strict):

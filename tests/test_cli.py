@@ -60,7 +60,7 @@ def test_stage_commands_write_their_outputs(tiny_params):
         result = runner.invoke(app, [*args, *command])
         assert result.exit_code == 0, (command, result.output)
     assert (root / "models" / "flow_matching" / "moons" / "seed0.pt").exists()
-    assert (root / "reports" / "figures" / "samples.png").exists()
+    assert (root / "reports" / "figures" / "samples_moons.png").exists() and (root / "reports" / "index.html").exists()
     header = (root / "reports" / "results.csv").read_text().splitlines()[0]
     assert header == "dataset,method,sampler,nfe,seed,metric,value"
 

@@ -175,6 +175,8 @@ def test_the_convergence_section_and_figure(tmp_path):
     text = "\n".join(convergence_lines(frame, "a test"))
     assert "**1000 steps** on 2-D sets" in text and "Student-t" in text
     assert "moons / flow_matching (ode_euler)" in text and "1.000 ± 0.248" in text
-    convergence_figure(frame, tmp_path / "convergence.png")
-    assert (tmp_path / "convergence.png").stat().st_size > 1000
+    from pipeline.report.figures import save
+
+    save(convergence_figure(frame), tmp_path, "convergence")
+    assert (tmp_path / "convergence.png").stat().st_size > 1000 and (tmp_path / "convergence.svg").exists()
     assert convergence_lines(frame[frame.method == "data"], "a test") == []

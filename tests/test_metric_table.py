@@ -6,7 +6,7 @@ import pytest
 from pipeline import metric_table
 from pipeline.convergence import CURVE_METRICS, RULE_METRICS
 from pipeline.evaluation import SCORERS, SampleScorer
-from pipeline.report import HEADLINE_METRICS, IMAGE_HEADLINE_METRICS, MODE_METRICS
+from pipeline.report.tables import HEADLINE_METRICS, IMAGE_HEADLINE_METRICS, MODE_METRICS
 
 
 def test_every_entry_is_consistent():

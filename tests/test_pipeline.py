@@ -4,6 +4,7 @@ Checks the outputs a user reads, MLflow as a view of them, and determinism: `dvc
 gives a byte-identical results.csv.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import open_page
 from pipeline.benchmark import copy_repository
 from pipeline.data import DATASETS
 
@@ -77,7 +79,14 @@ def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
         assert offered <= scored, (name, offered - scored)
     assert {"dpm_solver_pp_2m", "ddim-eta0.0-uniform"} <= set(results[results.method == "flow_matching"].sampler)
     summary = (smoke_repo / "reports" / "summary.md").read_text()
-    assert "ddpm / ancestral_beta" in summary and "flow_matching / ode_heun" in summary
+    grid = (smoke_repo / "reports" / "grid.md").read_text()
+    assert "ddpm / ancestral_beta" in grid and "flow_matching / ode_heun" in grid  # every sampler: grid.md
+    # the summary opens with a ranking per data set, every evaluated method in it (issue 15)
+    assert summary.index("## Which method wins, per data set") < summary.index("## Has each model learned")
+    for name in params["datasets"]:
+        section = summary[summary.index(f"### {name}: "):]
+        section = section[:section.index("Data floor")]
+        assert all(f"| {method} " in section for method in loaded.evaluated_methods()), section
     # every metric comes from the one table, and the summary's glossary lists each one
     from pipeline import metric_table
 
@@ -85,8 +94,50 @@ def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
     assert not unknown, unknown
     glossary = summary[summary.index("## Metrics"):]
     assert all(f"| {m} " in glossary for m in set(results.metric) if not m.endswith("_sd"))
-    for figure in ("samples.png", "w2_vs_nfe.png", "loss_curves.png", *(f"samples_{name}.png" for name in images)):
-        assert (smoke_repo / "reports" / "figures" / figure).stat().st_size > 1000
+    for figure in ("quality_vs_nfe", "loss_curves", *(f"samples_{name}" for name in params["datasets"]),
+                   *(f"quality_{name}" for name in params["datasets"])):
+        for suffix in (".png", ".svg"):
+            assert (smoke_repo / "reports" / "figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
+    # DDPM's bound beside its probability-flow ODE likelihood
+    assert (smoke_repo / "reports" / "figures" / "nll_bound_vs_ode.png").exists()
+    headline = json.loads((smoke_repo / "reports" / "headline.json").read_text())
+    assert set(headline) == set(params["datasets"])
+    curves = pd.read_csv(smoke_repo / "reports" / "quality_vs_nfe.csv")
+    assert set(curves.method) == set(loaded.evaluated_methods())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repo_fixture", ["smoke_repo", "image_repo"])
+def test_the_report_page_opens_in_a_browser_with_every_table_and_figure(repo_fixture, request, browser):
+    repo = request.getfixturevalue(repo_fixture)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    page, problems = open_page(browser, repo / "reports" / "index.html")
+    assert problems == []
+    figures = sorted(p.name for p in (repo / "reports" / "figures").glob("*.png"))
+    shown = page.evaluate("Array.from(document.images).length")
+    assert shown >= len(figures) - 1, (shown, figures)  # every figure but the cards' own panels twice
+    for name in params["datasets"]:  # each data set's ranking and quality figure on the first screen
+        card = page.locator(f"section#{name}")
+        assert card.locator("tbody tr").count() >= len(params["methods"])
+        box = card.locator("img").bounding_box()
+        assert box["y"] + box["height"] <= 1000 * len(params["datasets"]), box
+    assert page.locator("#protocol table tbody tr").count() > 0
+    page.screenshot(path=str(repo / "reports" / "index_screenshot.png"))
+    page.close()
+
+
+@pytest.mark.slow
+def test_dvc_shows_the_headline_numbers_and_the_curves(smoke_repo):
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
+    assert "reports/headline.json" in json.dumps(metrics)
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], smoke_repo).stdout)
+    assert "reports/quality_vs_nfe.csv" in plots and any(key.startswith("metrics/train/") for key in plots)
+    readme = _run(["pipeline", "report", "--readme"], smoke_repo)
+    assert "README.md" in readme.stdout
+    from pipeline.report.readme import readme_block, results_block
+
+    assert readme_block((smoke_repo / "README.md").read_text()) == \
+        results_block((smoke_repo / "reports" / "summary.md").read_text())
 
 
 @pytest.mark.slow
@@ -141,7 +192,9 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     """The first run held two threads, the rerun holds one: this also checks that no thread count changes a
     number of the 2-D path, so pipeline.threads may change the count under load."""
     before = (smoke_repo / "reports" / "results.csv").read_bytes()
-    others = {name: (smoke_repo / "reports" / name).read_bytes() for name in ("protocol.csv", "summary.md")}
+    others = {name: (smoke_repo / "reports" / name).read_bytes() for name in
+              ("protocol.csv", "summary.md", "grid.md", "index.html", "headline.json", "quality_vs_nfe.csv")}
+    figures = {p.name: p.read_bytes() for p in (smoke_repo / "reports" / "figures").iterdir()}
     convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
@@ -149,6 +202,7 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
     assert all((smoke_repo / "reports" / name).read_bytes() == content for name, content in others.items())
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
+    assert {p.name: p.read_bytes() for p in (smoke_repo / "reports" / "figures").iterdir()} == figures  # PNG and SVG
     assert (smoke_repo / "dvc.lock").read_text() == lock_before
 
 
@@ -193,7 +247,7 @@ def _stale_after_edit(repo: Path, edited: str) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edited, expected", [
-    ("pipeline/report.py", {"report"}),
+    ("pipeline/report/tables.py", {"report"}),
     ("pipeline/training.py", {"run", "reflow"}),
     ("pipeline/evaluation.py", {"prepare", "run", "reflow"}),
     ("pipeline/data/toy.py", {"prepare", "run", "reflow", "report", "publish"}),

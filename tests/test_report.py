@@ -1,9 +1,12 @@
 """The summary's check of every 2-D sampler at its largest budget against the data floor."""
 
 import pandas as pd
+import pytest
 
 from pipeline.config import Params
-from pipeline.report import COLUMNS, floor_check_lines, floor_ratio_table
+from pipeline.report.results import COLUMNS
+from pipeline.report.summary import floor_check_lines
+from pipeline.report.tables import floor_ratio_table
 
 
 def _frame(rows):
@@ -52,7 +55,8 @@ def test_rows_above_the_floor_are_shown_beside_the_exact_score_study():
 
 
 def test_mode_table_shows_each_sampler_at_its_largest_budget():
-    from pipeline.report import mode_lines, mode_table
+    from pipeline.report.summary import mode_lines
+    from pipeline.report.tables import mode_table
 
     params = Params.model_validate({"datasets": ["eight_gaussians"], "methods": {"flow_matching": {}}})
     frame = _frame([
@@ -71,7 +75,8 @@ def test_mode_table_shows_each_sampler_at_its_largest_budget():
 
 
 def test_the_learned_check_asks_for_every_mode_and_coverage_within_ten_percent_of_the_floor():
-    from pipeline.report import learned_lines, learned_table
+    from pipeline.report.summary import learned_lines
+    from pipeline.report.tables import learned_table
 
     params = Params.model_validate({"datasets": ["eight_gaussians", "moons"],
                                     "methods": {"flow_matching": {}, "ddpm": {}}})
@@ -108,7 +113,7 @@ def test_the_learned_check_asks_for_every_mode_and_coverage_within_ten_percent_o
 
 def test_the_sample_figure_shows_each_methods_best_sampler_at_its_largest_budget():
     """Not the first sampler of the table (which drew a ring for eight_gaussians while another had the modes)."""
-    from pipeline.report import best_at_largest_budget
+    from pipeline.report.figures import best_at_largest_budget
 
     frame = _frame([
         ("moons", "ddpm", "ancestral_beta", 1000, 0, "coverage", 0.80),
@@ -122,3 +127,71 @@ def test_the_sample_figure_shows_each_methods_best_sampler_at_its_largest_budget
               ("dpm_solver_pp_2m", 1000)]]
     assert best_at_largest_budget(frame, index, "ddpm", "moons", 0)["key"] == "ddim-eta0.0-uniform-1000"
     assert best_at_largest_budget(frame, index, "ddpm", "moons", 1)["key"] == "dpm_solver_pp_2m-1000"
+
+
+def _ranking_frame():
+    """moons, three seeds: flow_matching best within 100 NFE, ddpm best only at 1000, vp_sde adaptive 90-120."""
+    rows = [("moons", "data", "data", 0, 0, "w2", 0.10), ("moons", "data", "data", 0, 0, "w2_sd", 0.01)]
+    for seed, jitter in enumerate([0.0, 0.01, -0.01]):
+        rows += [
+            ("moons", "ddpm", "ancestral_beta", 10, seed, "w2", 0.90 + jitter),
+            ("moons", "ddpm", "ancestral_beta", 100, seed, "w2", 0.50 + jitter),
+            ("moons", "ddpm", "ancestral_beta", 1000, seed, "w2", 0.11 + jitter / 10),
+            ("moons", "ddpm", "ddim-eta0.0-uniform", 100, seed, "w2", 0.40 + jitter),
+            ("moons", "flow_matching", "ode_euler", 10, seed, "w2", 0.30 + jitter),
+            ("moons", "flow_matching", "ode_euler", 100, seed, "w2", 0.20 + jitter),
+            ("moons", "flow_matching", "ode_euler", 1000, seed, "w2", 0.19 + jitter),
+            ("moons", "vp_sde", "ode_rk45", [90, 100, 120][seed], seed, "w2", 0.12 + jitter / 10),
+            ("moons", "vp_sde", "euler_maruyama", 100, seed, "w2", 0.60 + jitter),
+        ]
+    return _frame(rows)
+
+
+def test_the_ranking_takes_each_method_at_its_best_sampler_within_each_budget():
+    from pipeline.report.tables import ranking_table
+
+    params = Params.model_validate({"datasets": ["moons"], "seeds": [0, 1, 2],
+                                    "methods": {"ddpm": {}, "flow_matching": {}, "vp_sde": {}}})
+    table = ranking_table(_ranking_frame(), params, "moons").set_index("method")
+    assert list(table.columns) == ["rank", "≤ 10 NFE", "≤ 100 NFE", "any NFE"]
+    assert list(table.index) == ["flow_matching", "ddpm", "vp_sde"]  # ordered by the headline budget, <= 100
+    assert table.loc["ddpm", "≤ 100 NFE"].startswith("0.400 ±")  # DDIM beats the chain at 100 steps
+    assert "ddim-eta0.0-uniform (100)" in table.loc["ddpm", "≤ 100 NFE"]
+    assert "ancestral_beta (1000)" in table.loc["ddpm", "any NFE"]
+    # the adaptive sampler used 120 NFE on one seed: not within 100, within any budget
+    assert "euler_maruyama (100)" in table.loc["vp_sde", "≤ 100 NFE"]
+    assert "ode_rk45 (90-120)" in table.loc["vp_sde", "any NFE"]
+    assert table.loc["vp_sde", "≤ 10 NFE"] == "—" and table.loc["vp_sde", "rank"] == "3"
+    # flow matching beats DDIM by 0.2 on every seed: significant; at any NFE ddpm's 0.11 vs vp's 0.12 is
+    # also consistent over seeds, ode_rk45's seeds shift the same way as ddpm's
+    assert table.loc["flow_matching", "≤ 100 NFE"].startswith("**0.200 ± ")
+    from pipeline.report.tables import floor_line
+
+    # the evaluation's own error, the same for every cell: the floor's spread, under the table
+    assert "0.100 ± 0.010" in floor_line(_ranking_frame(), "moons", "w2") and "is 0.010" in floor_line(
+        _ranking_frame(), "moons", "w2")
+
+
+def test_a_best_entry_within_the_seeds_noise_is_not_bold():
+    from pipeline.report.tables import ranking_table
+
+    params = Params.model_validate({"datasets": ["moons"], "seeds": [0, 1, 2],
+                                    "methods": {"ddpm": {}, "flow_matching": {}}})
+    frame = _frame([("moons", m, "ode_euler", 100, seed, "w2", value) for m, values in
+                    [("ddpm", [0.30, 0.10, 0.21]), ("flow_matching", [0.10, 0.31, 0.19])]
+                    for seed, value in enumerate(values)])
+    table = ranking_table(frame, params, "moons")
+    assert not table.map(lambda cell: "**" in str(cell)).any().any()
+
+
+def test_the_quality_curve_is_the_best_within_each_nfe():
+    from pipeline.report.tables import quality_curve
+
+    curve = quality_curve(_ranking_frame(), "moons", "ddpm", "w2", True)
+    assert curve.nfe.tolist() == [10, 100, 1000]
+    assert curve.sampler.tolist() == ["ancestral_beta", "ddim-eta0.0-uniform", "ancestral_beta"]
+    assert abs(curve["mean"].iloc[1] - 0.40) < 1e-9 and (curve.low < curve["mean"]).all()
+    adaptive = quality_curve(_ranking_frame(), "moons", "vp_sde", "w2", True)
+    assert adaptive.nfe.tolist() == [100.0, pytest.approx(310 / 3)]  # euler_maruyama, then rk45 at its mean NFE
+    assert adaptive.nfe_label.tolist() == ["100", "90-120"]
+    assert (adaptive["mean"].diff().dropna() <= 0).all()  # never worse with more budget

@@ -76,8 +76,11 @@ def test_ddpm_bound_with_the_oracle_upper_bounds_the_true_nll(mixture):
     true_nll = float(-mixture.log_prob(x).mean())
     records = {(r.sampler, r.nfe): float(-r.log_prob.mean())
                for r in method.log_likelihood(net, x, torch.Generator().manual_seed(0), EvalContext())}
-    assert set(records) == {("ancestral_beta", 100), ("ancestral_posterior", 100),
-                            ("ancestral_beta", 10), ("ancestral_posterior", 10)}
+    (ode,) = [key for key in records if key[0] == "ode_rk45"]
+    assert set(records) - {ode} == {("ancestral_beta", 100), ("ancestral_posterior", 100),
+                                    ("ancestral_beta", 10), ("ancestral_posterior", 10)}
+    # the probability-flow ODE of the chain's continuous view, beside the bound: the true NLL
+    assert abs(records.pop(ode) - true_nll) < 0.01 * abs(true_nll)
     for value in records.values():
         assert value > true_nll - 0.05  # a bound, up to Monte Carlo noise
     assert records[("ancestral_posterior", 10)] > records[("ancestral_posterior", 100)]
@@ -93,7 +96,7 @@ def test_ddpm_bound_is_tight_for_standard_normal_data():
     x = normal.sample(1000, torch.Generator().manual_seed(6))
     true_nll = float(-normal.log_prob(x).mean())
     for record in method.log_likelihood(net, x, torch.Generator().manual_seed(0), EvalContext()):
-        if record.sampler == "ancestral_beta":
+        if record.sampler == "ancestral_beta":  # (the ODE record is checked above)
             bound = -record.log_prob
             standard_error = float(bound.std()) / len(bound) ** 0.5
             assert abs(float(bound.mean()) - true_nll) < 4 * standard_error, record.nfe

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from pipeline.config import Params
-from pipeline.report import COLUMNS, budget_table, headline_table
+from pipeline.report.results import COLUMNS
+from pipeline.report.tables import budget_table, headline_table
 from pipeline.uncertainty import holm_significant, paired_p_value, seed_interval
 
 
