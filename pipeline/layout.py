@@ -81,6 +81,18 @@ def run_key(sampler: str, budget: int | None) -> str:
     return f"{sampler}@{budget if budget is not None else 'adaptive'}"
 
 
+#: the samples file's array of sampling-ODE paths (pipeline.stages.draw_trajectories), where the method has one
+TRAJECTORY_KEY = "trajectory"
+
+
+def load_trajectory(path: Path) -> np.ndarray | None:
+    """The paths [steps + 1, n, d] a samples file holds, or None."""
+    if not path.exists():
+        return None
+    with np.load(path) as archive:
+        return archive[TRAJECTORY_KEY] if TRAJECTORY_KEY in archive.files else None
+
+
 def load_samples(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     if not path.exists():
         raise StageError(f"{path} is missing; run the sample stage first (`dvc repro`)")

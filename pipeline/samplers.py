@@ -62,6 +62,18 @@ class FlowODE:
 # ---------------------------------------------------------------- the probability-flow ODE
 
 
+def flow_trajectory(method, net, x: Tensor, steps: int) -> Tensor:
+    """The states of Heun's method along a method's sampling ODE (capability `ode`) on a uniform grid of
+    `steps` steps, before any finishing step: [steps + 1, n, ...] (the paths the report draws)."""
+    flow = method.probability_flow(net)
+    grid = grids.uniform(steps, flow.t_start, flow.t_end)
+    states = [x]
+    with torch.no_grad():
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            states.append(ode_heun(flow.velocity, states[-1], torch.stack([t, t_next])).x)
+    return torch.stack(states)
+
+
 def sample_ode_euler(method, net, x: Tensor, budget: int, generator) -> SolverResult:
     """Euler on the sampling ODE, uniform steps."""
     flow = method.probability_flow(net)

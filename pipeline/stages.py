@@ -18,11 +18,13 @@ from pipeline.data.images import dequantize
 from pipeline.errors import CheckpointError, StageError
 from pipeline.evaluation import SampleScorer, bits_per_dim, clean_value, record_metric
 from pipeline.io import derive_seed, hash_config, sha256_file, write_json, write_npz, write_text
-from pipeline.layout import (CONVERGENCE_COLUMNS, convergence_file, data_file, loss_file, metrics_file, model_file,
-                             reflow_pairs_file, resolve_device, run_key, load_samples, samples_file)
+from pipeline.layout import (CONVERGENCE_COLUMNS, TRAJECTORY_KEY, convergence_file, data_file, loss_file,
+                             metrics_file, model_file, reflow_pairs_file, resolve_device, run_key, load_samples,
+                             samples_file)
 from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
 from pipeline.rng import SampleStreams
+from pipeline.samplers import flow_trajectory
 from pipeline.store import load_model, reflow_settings, save_model, trained_steps
 from pipeline.training import train
 
@@ -133,6 +135,9 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
         key = run_key(sampler, budget)
         arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device)
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
+    paths = draw_trajectories(method, net, noise_seed, device)
+    if paths is not None:
+        arrays[TRAJECTORY_KEY] = paths
     arrays["index"] = np.array(json.dumps(index))
     write_npz(samples_file(root, method_name, dataset, seed), **arrays)
     return samples_file(root, method_name, dataset, seed)
@@ -152,6 +157,20 @@ def sample_noise_seed(seed: int, dataset: str) -> int:
     """The seed of the per-sample random streams: one per training seed and data set, so every method, sampler
     and budget on the data set starts sample i from the same draws (paired comparisons on common noise)."""
     return derive_seed(seed, "sample", dataset)
+
+
+#: the sampling-ODE paths the report draws, on 2-D data: this many samples (the first of every sampler), Heun steps
+TRAJECTORY_SAMPLES, TRAJECTORY_STEPS = 24, 48
+
+
+def draw_trajectories(method: Method, net: torch.nn.Module, noise_seed: int, device: torch.device) -> np.ndarray | None:
+    """Samples 0..TRAJECTORY_SAMPLES-1 along the method's sampling ODE, [steps + 1, n, d], from the same prior
+    draws as every sampler's; None for image data and for methods without a sampling ODE."""
+    if "ode" not in method.capabilities or len(method.data_shape) != 1:
+        return None
+    streams = SampleStreams(noise_seed, torch.arange(TRAJECTORY_SAMPLES, device=device))
+    x = method.prior_sample(TRAJECTORY_SAMPLES, streams, device)
+    return flow_trajectory(method, net, x, TRAJECTORY_STEPS).float().cpu().numpy()
 
 
 def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int | None, n: int, batch: int,

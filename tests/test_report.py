@@ -195,3 +195,16 @@ def test_the_quality_curve_is_the_best_within_each_nfe():
     assert adaptive.nfe.tolist() == [100.0, pytest.approx(310 / 3)]  # euler_maruyama, then rk45 at its mean NFE
     assert adaptive.nfe_label.tolist() == ["100", "90-120"]
     assert (adaptive["mean"].diff().dropna() <= 0).all()  # never worse with more budget
+
+
+def test_the_overview_gives_each_data_sets_podium():
+    from pipeline.report.tables import overview_table
+
+    params = Params.model_validate({"datasets": ["moons"], "seeds": [0, 1, 2],
+                                    "methods": {"ddpm": {}, "flow_matching": {}, "vp_sde": {}}})
+    table = overview_table(_ranking_frame(), params)
+    row = table.iloc[0]
+    assert row["data set"] == "moons" and row["metric"] == "w2 (lower is better), ≤ 100 NFE"
+    assert row["#1"].startswith("**flow_matching: 0.200 ± ") and row["#1"].endswith("ode_euler (100)**")
+    assert row["#2"].startswith("ddpm: 0.400") and row["#3"].startswith("vp_sde: 0.600")
+    assert row["data floor"] == "0.100 ± 0.010"

@@ -52,7 +52,7 @@ def page_file(tmp_path_factory):
 def test_the_page_is_self_contained(page_file):
     text = page_file.read_text()
     assert "http://" not in text and "https://" not in text and "<link" not in text and "src=\"figures/" not in text
-    assert text.count("data:image/png;base64,") == 2  # the card's figure and the one of the rest
+    assert text.count("data:image/png;base64,") == 3  # the overview's, the card's and the one of the rest
     assert 'id="moons"' in text and "<strong>" in text  # flow matching's significant win is bold
     assert 'title="n_generated 1000; solver euler' in text  # the protocol on hover
 
@@ -63,8 +63,11 @@ def test_the_page_loads_in_a_browser_and_its_tables_sort(browser, page_file):
     card = page.locator("section#moons")
     assert card.locator("table tbody tr").count() == 2 and card.locator("img").count() == 1
     assert card.locator("tbody tr").first.locator("td").nth(1).inner_text() == "flow_matching"
-    # the card and its figure are on the first screen
-    box = card.locator("img").bounding_box()
+    # the first screen: every data set's podium and its quality-vs-NFE panel
+    overview = page.locator("#overview")
+    assert overview.locator("tbody tr").count() == len(PARAMS.datasets)
+    assert overview.locator("tbody tr").first.locator("td").nth(2).inner_text().startswith("flow_matching: 0.200")
+    box = overview.locator("img").bounding_box()
     assert box["y"] + box["height"] <= 1000, box
     details = page.locator("main table").first
     details.locator("th").first.click()

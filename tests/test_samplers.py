@@ -82,3 +82,33 @@ def test_the_grids_run_from_the_noise_end_to_the_data_end():
     torch.testing.assert_close(grids.continuous("log_snr", 5, 1.0, 0.0, flow.log_snr), grids.uniform(5))
     with pytest.raises(ValueError, match="unknown spacing"):
         grids.continuous("cubic", 5, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["flow_matching", "vp_sde"])
+def test_the_drawn_paths_are_heuns_steps_from_the_samplers_prior_draws(mixture, name):
+    """The report's trajectories (pipeline.stages.draw_trajectories): the first samples' prior draws, Heun's
+    states on a uniform grid, ending where Heun's sampler with the same grid ends before its finishing step."""
+    from pipeline.rng import SampleStreams
+    from pipeline.samplers import flow_trajectory
+    from pipeline.solvers import ode_heun
+    from pipeline.stages import TRAJECTORY_SAMPLES, TRAJECTORY_STEPS, draw_trajectories
+
+    method = _method(name)
+    net = mixture.network(method.path, method.prediction)
+    paths = draw_trajectories(method, net, 11, torch.device("cpu"))
+    assert paths.shape == (TRAJECTORY_STEPS + 1, TRAJECTORY_SAMPLES, 2)
+    streams = SampleStreams(11, torch.arange(TRAJECTORY_SAMPLES))
+    prior = method.prior_sample(TRAJECTORY_SAMPLES, streams, "cpu")
+    assert torch.equal(torch.from_numpy(paths[0]), prior.float())
+    flow = method.probability_flow(net)
+    end = ode_heun(flow.velocity, prior, grids.uniform(TRAJECTORY_STEPS, flow.t_start, flow.t_end)).x
+    assert torch.allclose(torch.from_numpy(paths[-1]), end.float(), atol=1e-5)
+    assert flow_trajectory(method, net, prior[:3], 4).shape == (5, 3, 2)
+
+
+def test_no_paths_without_a_sampling_ode_or_on_images():
+    from pipeline.stages import draw_trajectories
+
+    assert draw_trajectories(_method("smld"), None, 0, torch.device("cpu")) is None
+    cls = METHODS["flow_matching"]
+    assert draw_trajectories(cls(cls.Config(), (1, 8, 8)), None, 0, torch.device("cpu")) is None

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
-from pipeline.layout import data_file, load_samples, loss_file, samples_file
+from pipeline.layout import data_file, load_samples, load_trajectory, loss_file, samples_file
 from pipeline.metric_table import ranked
 from pipeline.report.tables import quality_curve
 from pipeline.uncertainty import seed_interval
@@ -72,6 +72,10 @@ def write_figures(root: Path, frame: pd.DataFrame, params: Params, out: Path,
     written = [("quality_vs_nfe", quality_figure(frame, params, out))]
     for dataset in params.datasets:
         written.append((f"samples_{dataset}", samples_figure(root, frame, params, dataset, out)))
+    for dataset in (d for d in params.datasets if DATASETS[d] == "toy"):
+        caption = trajectory_figure(root, params, dataset, out)
+        if caption:
+            written.append((f"trajectories_{dataset}", caption))
     caption = likelihood_figure(frame, params, out)
     if caption:
         written.append(("nll_bound_vs_ode", caption))
@@ -217,6 +221,38 @@ def samples_figure(root: Path, frame: pd.DataFrame, params: Params, dataset: str
     save(fig, out, f"samples_{dataset}")
     return (f"{dataset}: the held-out data and each method's samples at its best sampler at its largest budget, "
             f"{what}")
+
+
+def trajectory_figure(root: Path, params: Params, dataset: str, out: Path) -> str | None:
+    """trajectories_<dataset>: per method with a sampling ODE, the paths of the same few prior draws (first
+    seed) from noise to sample, on the data's exact density; None when no method has one."""
+    from pipeline import data as datasets
+
+    seed = params.seeds[0]
+    paths = {method: load_trajectory(samples_file(root, method, dataset, seed)) for method in params.evaluated_methods()}
+    paths = {method: path for method, path in paths.items() if path is not None}
+    if not paths:
+        return None
+    data = datasets.load(data_file(root, dataset))
+    lim = float(np.quantile(np.abs(data.test), 0.995) * 1.3)
+    density = _density_image(dataset, data.meta, lim)
+    fig, axes = panel_grid(len(paths), 2.6, 2.8, columns=5)
+    for ax, (method, path) in zip(axes, paths.items()):
+        color = method_style(params, method)["color"]
+        ax.imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="Greys", vmin=0, vmax=4)
+        for k in range(path.shape[1]):
+            ax.plot(path[:, k, 0], path[:, k, 1], color=color, lw=0.7, alpha=0.8)
+        ax.scatter(path[0, :, 0], path[0, :, 1], s=6, facecolors="none", edgecolors="0.35", lw=0.5, zorder=3)
+        ax.scatter(path[-1, :, 0], path[-1, :, 1], s=6, color=color, zorder=4)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        _titled(ax, method)
+    fig.suptitle(f"{dataset}: sampling-ODE paths of the same {next(iter(paths.values())).shape[1]} prior draws "
+                 f"(open: noise, filled: sample; seed {seed})", fontsize=9)
+    fig.tight_layout()
+    save(fig, out, f"trajectories_{dataset}")
+    return (f"{dataset}: the paths of the sampling ODE from the same prior draws for every method that has one "
+            f"(straight for a rectified flow, curved for the diffusion paths; noise outside the panel is clipped)")
 
 
 def _titled(ax, title: str) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.metric_table import ranked
-from pipeline.report.tables import floor_line, ranking_picks, ranking_table
+from pipeline.report.tables import floor_line, overview_table, ranking_picks, ranking_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1rem 1.5rem; color: #222; }
@@ -37,6 +37,8 @@ td[title] { cursor: help; }
 .pick { color: #666; font-size: .72rem; }
 details { margin: .8rem 0; } summary { cursor: pointer; font-weight: 600; }
 main img { max-width: 100%; height: auto; }
+img.overview { max-width: 100%; max-height: 62vh; height: auto; display: block; }
+#overview { margin-bottom: 1rem; }
 code { background: #f5f5f5; padding: 0 2px; }
 """
 
@@ -148,6 +150,23 @@ def card(frame: pd.DataFrame, params: Params, dataset: str, figures: Path, proto
             f"{image}</section>")
 
 
+def table_html(table: pd.DataFrame) -> str:
+    """A frame of cell texts as an HTML table, Markdown's inline marks kept."""
+    head = "".join(f"<th>{inline(str(c))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{inline(str(v))}</td>" for v in row) + "</tr>"
+                   for row in table.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def overview_html(frame: pd.DataFrame, params: Params, figures: Path) -> str:
+    """The first screen: every data set's podium (overview_table) and the quality-vs-NFE panels of all of them."""
+    table = overview_table(frame, params)
+    figure = figures / "quality_vs_nfe.png"
+    image = f'<img class="overview" alt="quality against NFE" src="{data_uri(figure)}">' if figure.exists() else ""
+    return (f'<section id="overview">{table_html(table) if not table.empty else ""}{image}'
+            f'<p class="floor">Each data set in full below: the whole ranking and its figure.</p></section>')
+
+
 def index_html(frame: pd.DataFrame, params: Params, reading: str, rest: str, grid: str, figures: Path,
                protocol: pd.DataFrame) -> str:
     """The whole page: the cards, summary.md after its rankings (`rest`), grid.md folded, the protocol."""
@@ -165,7 +184,7 @@ def index_html(frame: pd.DataFrame, params: Params, reading: str, rest: str, gri
         f"<h1>Benchmark report</h1><p class=\"lead\">Methods: {html.escape(', '.join(params.evaluated_methods()))}. "
         f"Seeds: {html.escape(', '.join(map(str, params.seeds)))}. Each card ranks the methods on one data set; "
         f"hover a cell for how it was made. <a href=\"#protocol\">Protocol</a> · <a href=\"#grid\">Full grid</a>"
-        f"</p><nav>{nav}</nav>"
+        f"</p><nav>{nav}</nav>{overview_html(frame, params, figures)}"
         f'<div class="cards">{cards}</div>'
         f"<details><summary>How to read this report</summary><p>{inline(reading)}</p></details>"
         f"<main>{markdown_html(rest, figures)}</main>"

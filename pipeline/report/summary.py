@@ -12,7 +12,7 @@ from pipeline.metric_table import METRICS
 from pipeline.report.results import ORACLE_STUDY
 from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_label, budget_table, floor_line, floor_ratio_table,
                                     floor_text, headline_table, learned_table, mode_table, path_table,
-                                    ranking_column, ranking_table)
+                                    overview_table, ranking_column, ranking_table)
 
 
 #: how to read a cell of the headline and NFE tables (pipeline.uncertainty)
@@ -214,6 +214,9 @@ def summary_parts(frame: pd.DataFrame, params: Params, figures: list[tuple[str, 
                f"Methods: {', '.join(params.evaluated_methods())}. Data sets: {', '.join(params.datasets)}. "
                f"Seeds: {', '.join(map(str, params.seeds))}. {_trained_steps_line(params)}", "",
                reading_paragraph(params), ""]
+    overview = overview_table(frame, params)
+    if not overview.empty:
+        opening += ["## At a glance", "", overview.to_markdown(index=False), ""]
     opening += ranking_lines(frame, params)
     opening += ["![quality against NFE](figures/quality_vs_nfe.png)", ""]
     rest = learned_lines(frame, params, None if convergence is None else convergence[0])

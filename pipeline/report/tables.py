@@ -354,3 +354,29 @@ def quality_table(frame: pd.DataFrame, params: Params) -> pd.DataFrame:
                 parts.append(curve.assign(dataset=dataset, method=method, metric=metric.name))
     columns = ["dataset", "method", "metric", "nfe", "sampler", "nfe_label", "mean", "low", "high"]
     return pd.concat(parts)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def overview_table(frame: pd.DataFrame, params: Params, places: int = 3) -> pd.DataFrame:
+    """One row per data set: its ranked metric, the first `places` methods of its ranking (ranking_table, at
+    ranking_column's budget) with their cells, and its floor: every data set's answer at a glance."""
+    from pipeline.metric_table import ranked
+
+    column = budget_label(ranking_column(params))
+    rows = []
+    for dataset in params.datasets:
+        table = ranking_table(frame, params, dataset)
+        if table.empty:
+            continue
+        metric = ranked(DATASETS[dataset])
+        row = {"data set": dataset, "metric": f"{metric.name} ({'lower' if metric.lower_is_better else 'higher'} "
+                                              f"is better), {column}"}
+        for place in range(places):
+            if place < len(table) and table["rank"].iloc[place]:
+                method, cell = table.method.iloc[place], table[column].iloc[place]
+                bold = cell.startswith("**")
+                text = f"{method}: {cell.strip('*')}"
+                row[f"#{place + 1}"] = f"**{text}**" if bold else text
+            else:
+                row[f"#{place + 1}"] = "—"
+        rows.append(row | {"data floor": floor_text(frame, dataset, metric.name)})
+    return pd.DataFrame(rows)
