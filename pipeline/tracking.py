@@ -77,7 +77,9 @@ def publish(root: Path, params: Params) -> str:
         mlflow.log_params({"datasets": json.dumps(params.datasets), "methods": json.dumps(list(params.methods)),
                            "seeds": json.dumps(params.seeds)})
         mlflow.log_artifact(str(results_path))
-        mlflow.log_artifact(str(root / "reports" / "summary.md"))
+        for name in ("summary.md", "grid.md", "index.html", "headline.json"):  # the report, index.html self-contained
+            if (root / "reports" / name).exists():
+                mlflow.log_artifact(str(root / "reports" / name))
         if protocol is not None:
             mlflow.log_artifact(str(protocol_path))
         figures = root / "reports" / "figures"

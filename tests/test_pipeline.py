@@ -167,6 +167,8 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     parents = [r for r in runs if r.data.tags.get("pipeline_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("pipeline_role") == "child"]
     assert len(parents) == 1
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"summary.md", "grid.md", "index.html", "results.csv", "figures"} <= artifacts, artifacts
     expected = len(params["datasets"]) * len(params["seeds"]) * (len(params["methods"]) + len(params["reflow"]))
     assert len(children) == expected
     child = next(r for r in children if r.data.tags["method"] == "flow_matching")

@@ -97,11 +97,12 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     floor_value = float(value.iloc[0]) if len(value) else math.nan
     # a lower-is-better axis ends at OFF_AXIS x the floor, so one failed method does not flatten the others
     top = OFF_AXIS * floor_value if metric.lower_is_better and floor_value > 0 else math.inf
-    above = []
+    above, nfes = [], set()
     for method in params.evaluated_methods():
         curve = quality_curve(frame, dataset, method, metric.name, metric.lower_is_better)
         if curve.empty:
             continue
+        nfes |= set(curve.nfe.round(1))
         style = method_style(params, method)
         if (curve["mean"] > top).all():
             above.append(f"{method} ({curve['mean'].min():.3g})")
@@ -118,6 +119,7 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     if math.isfinite(top) and ax.lines:
         highest = max(float(np.max(line.get_ydata())) for line in ax.lines)
         ax.set_ylim(top=min(top, highest * 1.2))
+    plain_log_ticks(ax, sorted(nfes))
     if above:
         ax.text(0.02, 0.98, "above the axis, best: " + ", ".join(above), transform=ax.transAxes, fontsize=6,
                 va="top", color="0.3")
@@ -126,6 +128,21 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     ax.set_title(dataset, fontsize=10)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3, which="both", lw=0.5)
+
+
+def plain_log_ticks(ax, nfes: list[float]) -> None:
+    """Log axes labelled in plain numbers: the NFE axis at the NFEs used (when few), the value axis at 1, 2
+    and 5 times its powers of ten."""
+    import matplotlib.ticker as ticker
+
+    if 0 < len(nfes) <= 8 and min(nfes) > 0:
+        ax.set_xticks(nfes)
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def quality_figure(frame: pd.DataFrame, params: Params, out: Path) -> str:
@@ -295,6 +312,8 @@ def likelihood_figure(frame: pd.DataFrame, params: Params, out: Path) -> str | N
                 panels.append((dataset, method, metric, rows, sub[sub.method == "data"].value))
     if not panels:
         return None
+    import matplotlib.ticker
+
     fig, axes = panel_grid(len(panels), 4.0, 3.0)
     for ax, (dataset, method, metric, rows, truth) in zip(axes, panels):
         ode = rows[rows.sampler == ODE_LIKELIHOOD].value
@@ -308,7 +327,21 @@ def likelihood_figure(frame: pd.DataFrame, params: Params, out: Path) -> str | N
         ax.axhspan(mean - half, mean + half, color="C3", alpha=0.15, lw=0)
         if len(truth):
             ax.axhline(float(truth.iloc[0]), color="k", ls="--", lw=1, label="true NLL (data)")
+        # the axis spans the ODE value, the truth and the best bound (a short chain's posterior-variance bound
+        # can be 100x larger); bounds wholly above it are named
+        best = bounds.groupby("sampler").value.min()
+        anchors = [mean, *truth.tolist()[:1], float(best.min())]
+        low, high = min(anchors), max(anchors)
+        pad = 0.5 * (high - low) + 0.2
+        ax.set_ylim(low - pad, high + 2 * pad)
+        above = [f"{sampler} (best {value:.3g})" for sampler, value in best.items() if value > high + 2 * pad]
+        if above:
+            ax.text(0.02, 0.98, "above the axis: " + ", ".join(above), transform=ax.transAxes, fontsize=6,
+                    va="top", color="0.3")
         ax.set_xscale("log")
+        ax.set_xticks(sorted(bounds.nfe.unique()))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("steps of the bound (NFE)", fontsize=8)
         ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
         ax.set_title(f"{dataset}: {method}", fontsize=9)
