@@ -4,8 +4,12 @@ The final DVC stage publishes, from the files the stages wrote, one parent run p
 state (the hash of dvc.lock without this stage's own entry) and one child run per method x data
 set x seed, with params, the replayed loss curve, every metric of the metric table
 (pipeline.metric_table) by sampler and NFE, each headline score's best value over the samplers as
-`best/<metric>` (a column of the MLflow runs table to sort methods by), and the figures. Publishing is idempotent: a state already published is skipped. Because it reads only
-DVC outputs, a stage that DVC skipped or restored from its cache never leaves a hole.
+`best/<metric>` (a column of the MLflow runs table to sort methods by), the data set as the run's input and the
+trained model as a logged model (external: its weights stay in DVC's store) carrying those `best/` scores, so
+models can be searched by metric; the parent carries the report and figures. The experiment is tagged as
+model training, so `mlflow ui` opens on its runs. Publishing is idempotent: a state already published is
+skipped. Because it reads only DVC outputs, a stage that DVC skipped or restored from its cache never leaves
+a hole.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pipeline import metric_table
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.errors import StageError, TrackingError
-from pipeline.layout import convergence_file, loss_file, model_file
+from pipeline.layout import convergence_file, data_file, loss_file, model_file
 from pipeline.published import pipeline_state, record, tracking_uri
 
 if TYPE_CHECKING:
@@ -60,8 +64,12 @@ def publish(root: Path, params: Params) -> str:
     try:
         experiment = mlflow.set_experiment(params.mlflow.experiment)
         client = MlflowClient(uri)
+        # MLflow 3 opens an experiment of unknown kind on its GenAI overview; this one is model training
+        client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        # only a parent whose children were all published counts (a publish that failed half-way is redone)
         existing = client.search_runs([experiment.experiment_id],
-                                      filter_string=f"tags.pipeline_state = '{state}' and tags.pipeline_role = 'parent'")
+                                      filter_string=f"tags.pipeline_state = '{state}' and tags.pipeline_role = 'parent'"
+                                                    f" and tags.pipeline_complete = 'true'")
     except Exception as error:  # mlflow raises many types for an unreachable or broken store
         raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(error).__name__}); check "
                             f"MLFLOW_TRACKING_URI or unset it to use ./mlflow.db") from None
@@ -90,6 +98,7 @@ def publish(root: Path, params: Params) -> str:
                 for seed in params.seeds:
                     _publish_child(root, params, results, method, dataset, seed, common_tags, parent.info.run_id,
                                    protocol)
+        mlflow.set_tag("pipeline_complete", "true")
     record(root, uri, params.mlflow.experiment, state, parent.info.run_id)
     return parent.info.run_id
 
@@ -114,11 +123,8 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
                         "train": params.train_settings(method, DATASETS[dataset]).model_dump()}
         flat = _flatten("", settings, {})
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-        model = model_file(root, method, dataset, seed)
-        if model.exists():
-            from pipeline.io import sha256_file
-
-            mlflow.set_tag("model_sha256", sha256_file(model))
+        data_input = _log_data_input(root, dataset)
+        model = _log_external_model(root, method, dataset, seed, run.info.run_id, flat)
         if protocol is not None:  # how each number was made (pipeline.protocol), and the library versions
             own = protocol[(protocol.method == method) & (protocol.dataset == dataset) & (protocol.seed == seed)]
             mlflow.log_text(own.to_csv(index=False), "protocol.csv")
@@ -132,6 +138,9 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
             metrics += [Metric("train_loss", float(row.loss), now, int(row.step)) for row in curve.itertuples()]
         rows = results[(results.method == method) & (results.dataset == dataset) & (results.seed == seed)]
         metrics += _table_metrics(rows, DATASETS[dataset], now)
+        if model is not None:  # the headline scores on the logged model too: models searchable by metric
+            metrics += [Metric(m.key, m.value, now, 0, model_id=model, dataset_name=dataset,
+                               dataset_digest=data_input) for m in metrics if m.key.startswith("best/")]
         # the convergence study (train.snapshots): each metric's history over training steps
         convergence_path = convergence_file(root, method, dataset, seed)
         if convergence_path.exists():
@@ -140,6 +149,50 @@ def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: st
                         for row in convergence.itertuples() if pd.notna(row.value)]
         for start in range(0, len(metrics), 1000):  # MLflow's largest batch
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
+
+
+def _log_data_input(root: Path, dataset: str) -> str | None:
+    """The data set as the run's training input (the runs table's Dataset column): its name, the DVC output it
+    was read from and that file's sha256 as the digest. Returns the digest (None without the file)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from pipeline.io import sha256_file
+
+    path = data_file(root, dataset)
+    if not path.exists():
+        return None
+    digest = sha256_file(path)[:16]
+    with warnings.catch_warnings():  # a local path is a local artifact source, whichever of its two registrations
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path.relative_to(root)))
+    mlflow.log_input(MetaDataset(source, name=dataset, digest=digest), context="training")
+    return digest
+
+
+def _log_external_model(root: Path, method: str, dataset: str, seed: int, run_id: str, flat: dict) -> str | None:
+    """The trained model as an MLflow logged model whose weights stay in DVC's store (an external model:
+    its path and sha256 as tags), the run's output, with the run's parameters. Returns its id (None
+    without the model file)."""
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    from pipeline.io import sha256_file
+
+    path = model_file(root, method, dataset, seed)
+    if not path.exists():
+        return None
+    digest = sha256_file(path)
+    mlflow.set_tag("model_sha256", digest)
+    model = mlflow.create_external_model(
+        name=f"{method}-{dataset}-seed{seed}", source_run_id=run_id, model_type=method,
+        params={k: str(v)[:500] for k, v in flat.items()},
+        tags={"model_sha256": digest, "dvc_path": str(path.relative_to(root)), "dataset": dataset, "seed": str(seed)})
+    mlflow.MlflowClient().log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
+    return model.model_id
 
 
 def _table_metrics(rows: pd.DataFrame, kind: str, now: int) -> list:

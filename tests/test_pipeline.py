@@ -180,6 +180,15 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     w2 = results[(results.method == "flow_matching") & (results.dataset == child.data.tags["dataset"])
                  & (results.seed == int(child.data.tags["seed"])) & (results.metric == "w2")]
     assert child.data.metrics["best/w2"] == pytest.approx(w2.value.min())
+    # as MLflow's UI expects: a training experiment, the data set as input, the model as a logged model
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert [d.dataset.name for d in child.inputs.dataset_inputs] == [child.data.tags["dataset"]]
+    (output,) = child.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.source_run_id == child.info.run_id and model.tags["dvc_path"].startswith("models/flow_matching/")
+    found = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+                                        filter_string=f"metrics.`best/w2` <= {child.data.metrics['best/w2']}")
+    assert output.model_id in {m.model_id for m in found}
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert len(history) > 1
     # the convergence rows of the snapshots (profiles/smoke.yaml gives flow_matching two) as step histories

@@ -47,3 +47,38 @@ def test_publish_takes_the_quick_exit_only_for_the_recorded_experiment(tmp_path,
     params.write_text(yaml.safe_dump({"mlflow": {"experiment": "renamed"}}))
     result = CliRunner().invoke(app, ["--params", str(params), "publish"])
     assert "(already published)" not in result.output and result.exit_code != 0  # the real publish ran
+
+
+def test_a_publish_that_failed_half_way_is_done_again(tmp_path, monkeypatch):
+    """A parent run whose children did not all reach the store is not a published state (it was, before)."""
+    import mlflow
+    import pandas as pd
+    import pytest
+
+    from pipeline import tracking
+    from pipeline.config import Params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = Params.model_validate({"datasets": ["moons"], "seeds": [0], "methods": {"flow_matching": {}}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"datasets": ["moons"]}))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "summary.md").write_text("# summary\n")
+    pd.DataFrame([{"dataset": "moons", "method": "flow_matching", "sampler": "ode_euler", "nfe": 10, "seed": 0,
+                   "metric": "w2", "value": 0.5}]).to_csv(tmp_path / "reports" / "results.csv", index=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(tracking, "_publish_child", broken)
+    with pytest.raises(RuntimeError):
+        tracking.publish(tmp_path, params)
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.publish(tmp_path, params)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.pipeline_role = 'parent'")
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"FAILED", "FINISHED"}
+    children = client.search_runs([experiment.experiment_id], filter_string="tags.pipeline_role = 'child'")
+    assert [c.data.tags["mlflow.parentRunId"] for c in children] == [parent]
+    assert tracking.publish(tmp_path, params) == parent  # complete now: published once
