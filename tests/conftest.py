@@ -66,3 +66,68 @@ def open_page(browser, path):
                            ".map(i => i.alt)")
     problems += [f"image not loaded: {alt}" for alt in broken]
     return page, problems
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server():
+    """A PostgreSQL cluster on the loopback address and `mlflow server` on it (the README's team set-up);
+    yields the server's URI. Skipped, saying why, where PostgreSQL or its driver is missing."""
+    import glob
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed (scripts/setup_tests.sh installs Debian's postgresql)")
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[test]')")
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    bin_dir = os.path.dirname(found[-1])
+    # the cluster's user must reach its folder: pytest's base folder is root's alone
+    root = Path(tempfile.mkdtemp(prefix="pipeline-postgres-"))
+    os.chmod(root, 0o777)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_postgres, f"{bin_dir}/initdb", "-D", str(data), "--auth=trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    pg_ctl = [*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data)]
+    subprocess.run([*pg_ctl, "-l", str(root / "postgres.log"), "-w", "-o", f"-p {port} -h 127.0.0.1 -k {root}",
+                    "start"], check=True, capture_output=True)
+    server = None
+    try:
+        subprocess.run([*as_postgres, f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "mlflow"],
+                       check=True, capture_output=True)
+        http_port = _free_port()
+        server = subprocess.Popen(
+            ["mlflow", "server", "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(http_port),
+             "--workers", "1"], stdout=open(root / "mlflow.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        uri = f"http://127.0.0.1:{http_port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"mlflow server did not start:\n{(root / 'mlflow.log').read_text()[-2000:]}")
+        yield uri
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -186,7 +186,7 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
     (output,) = child.outputs.model_outputs
     model = client.get_logged_model(output.model_id)
     assert model.source_run_id == child.info.run_id and model.tags["dvc_path"].startswith("models/flow_matching/")
-    found = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+    found = client.search_logged_models(experiment_ids=[experiment.experiment_id],
                                         filter_string=f"metrics.`best/w2` <= {child.data.metrics['best/w2']}")
     assert output.model_id in {m.model_id for m in found}
     history = client.get_metric_history(child.info.run_id, "train_loss")
@@ -299,3 +299,61 @@ def test_editing_one_methods_module_makes_stale_only_its_stages(smoke_repo, edit
     runs = {f"run@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
     rounds = {f"reflow@{method}-{dataset}-{seed}" for dataset in params["datasets"] for seed in params["seeds"]}
     assert stale == runs | (rounds if reflowed else set()), sorted(stale)
+
+
+def _committed_clone(smoke_repo: Path, root: Path) -> Path:
+    """A copy of the smoke run as a team would keep it: code, dvc.lock and the uncached outputs (metrics/,
+    reports/) committed to git."""
+    source = root / "source"
+    shutil.copytree(smoke_repo, source, symlinks=True)
+    _run(["git", "add", "-A"], source)
+    _run(["git", "add", "-f", "metrics", "reports"], source)  # cache: false outputs live in git
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "smoke run"], source)
+    return source
+
+
+@pytest.mark.slow
+def test_a_dvc_remote_restores_the_outputs_in_a_fresh_clone(smoke_repo, tmp_path):
+    """The README's team set-up: `dvc push` to a remote, `dvc pull` in a fresh clone, and nothing to reproduce
+    there but the always-run publish stage (a view of the outputs)."""
+    source = _committed_clone(smoke_repo, tmp_path)
+    _run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], source)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qam", "remote"], source)
+    _run(["dvc", "push"], source)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(source), str(clone)], tmp_path)
+    assert not (clone / "models").exists()
+    _run(["dvc", "pull"], clone)
+    assert (clone / "models").exists() and (clone / "samples").exists()
+    status = json.loads(_run(["dvc", "status", "--json"], clone).stdout)
+    assert set(status) == {"publish"}, status  # always_changed; every other stage is up to date
+    dry = _run(["dvc", "repro", "--dry"], clone).stdout
+    assert "Running stage 'publish'" in dry and "Running stage 'run@" not in dry, dry
+
+
+@pytest.mark.slow
+def test_an_mlflow_server_on_postgresql_receives_the_runs(smoke_repo, mlflow_postgres_server, tmp_path):
+    """The README's team tracking: `mlflow server` on PostgreSQL, selected by MLFLOW_TRACKING_URI; the smoke
+    run's runs read back through the client (params, metrics, artifacts, models)."""
+    import mlflow
+
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_repo, copy, symlinks=True)
+    shutil.rmtree(copy / ".pipeline", ignore_errors=True)
+    _run(["pipeline", "publish"], copy, MLFLOW_TRACKING_URI=mlflow_postgres_server)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    client = mlflow.MlflowClient(mlflow_postgres_server)
+    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("pipeline_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("pipeline_role") == "child"]
+    assert len(parents) == 1
+    assert len(children) == len(params["datasets"]) * len(params["seeds"]) * (len(params["methods"]) + len(params["reflow"]))
+    child = next(r for r in children if r.data.tags["method"] == "flow_matching")
+    assert child.data.params["train.steps"] == str(params["train"]["toy"]["steps"])
+    assert "best/w2" in child.data.metrics and len(client.get_metric_history(child.info.run_id, "train_loss")) > 1
+    assert {"summary.md", "index.html"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    with_figures = client.download_artifacts(parents[0].info.run_id, "index.html", str(tmp_path))
+    assert Path(with_figures).read_bytes() == (copy / "reports" / "index.html").read_bytes()
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id], filter_string="metrics.`best/w2` > 0")
+    assert len(models) == len(children)
