@@ -10,5 +10,7 @@ import os
 # cost). pipeline.threads changes the count under load and relies on it. MKL reads it at its first call,
 # so it is set here, before anything of the package imports torch.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# cuBLAS's repeatable mode (pipeline.layout.deterministic_cuda), read when CUDA starts; no effect on the CPU
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 __version__ = "0.1.0"

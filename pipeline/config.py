@@ -22,6 +22,9 @@ from pipeline.schema import (DataSection, EvaluateSection, MethodConfig, MlflowS
 class Params(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: the networks' matrix products in training and fixed-step sampling: fp32, or bf16 autocast (weights,
+    #: optimizer and EMA stay fp32; adaptive solvers and likelihoods always run their network in float64)
+    precision: Literal["fp32", "bf16"] = "fp32"
     datasets: list[str] = Field(min_length=1)
     methods: dict[str, Any] = Field(min_length=1)
     #: reflow rounds, keyed by the method they are made from (its class's ReflowConfig), each evaluated as

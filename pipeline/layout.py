@@ -26,11 +26,29 @@ import torch
 from pipeline.errors import StageError
 
 def resolve_device(name: str) -> torch.device:
+    """params.yaml's device; on CUDA, with the settings that make its kernels repeatable (deterministic_cuda)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise StageError("device: cuda was asked for but no CUDA device is available; set device: auto or cpu")
+    if name == "cuda":
+        deterministic_cuda()
     return torch.device(name)
+
+
+def deterministic_cuda() -> None:
+    """CUDA's repeatable mode: cuDNN's deterministic convolutions without autotuning (benchmark mode picks
+    algorithms by timing, so two runs could differ), no TF32 products, and torch's deterministic algorithms
+    (warning, not failing, where an op has none: index_add_ and scatter_add_ sum in the order their atomic
+    adds land). cuBLAS needs CUBLAS_WORKSPACE_CONFIG, set by pipeline/__init__.py before CUDA starts. What
+    is left: a GPU run should repeat itself on the same GPU, driver and library versions; across GPUs or
+    versions, and against the CPU, numbers agree to rounding, not to the bit (no GPU has run this code yet:
+    scripts/gpu_check.py is the check to run on one)."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def data_file(root: Path, dataset: str) -> Path:

@@ -21,7 +21,7 @@ KEY_COLUMNS = ["dataset", "method", "sampler", "nfe", "seed", "metric"]
 LIBRARIES = ("torch", "torch-fidelity", "POT", "dvc", "mlflow")
 COLUMNS = [*KEY_COLUMNS, "n_generated", "n_reference", "reference_split", "extractor", "extractor_sha256", "weights",
            "checkpoint_step", "solver", "rtol", "atol", "nfe_used", "dequantization", "clip_x0", "clip_sigma",
-           *(f"version_{name}" for name in LIBRARIES)]
+           "precision", *(f"version_{name}" for name in LIBRARIES)]
 _SOURCE = {(m.name, m.kind): m.source for m in METRICS}
 
 
@@ -66,6 +66,14 @@ def _dequantization(kind: str, source: str, sampler: str) -> str:
     return "uniform" if sampler == "ode_rk45" else "none (discretized decoder)"
 
 
+def _precision(params: Params, source: str, sampler: str) -> str:
+    """The precision of the network behind a number: the training's; a fixed-step sampler's too, while adaptive
+    solves and likelihoods run the network in float64 (pipeline.config.Params.precision)."""
+    if source == "likelihood" or sampler == "ode_rk45":
+        return f"train {params.precision}, evaluate fp64"
+    return params.precision
+
+
 def protocol_table(frame: pd.DataFrame, params: Params, root: Path) -> pd.DataFrame:
     """One row per results row: how its number was made (COLUMNS)."""
     versions = library_versions()
@@ -89,5 +97,6 @@ def protocol_table(frame: pd.DataFrame, params: Params, root: Path) -> pd.DataFr
                      found.get("checkpoint_step", float("nan")), row.sampler if model else "", *tolerance,
                      row.nfe if model else float("nan"),
                      _dequantization(kind, source, row.sampler),
-                     found.get("clip_x0", float("nan")), found.get("clip_sigma", float("nan")), *versions.values()])
+                     found.get("clip_x0", float("nan")), found.get("clip_sigma", float("nan")),
+                     _precision(params, source, row.sampler) if model else "", *versions.values()])
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -23,6 +23,7 @@ from pipeline.layout import (CONVERGENCE_COLUMNS, TRAJECTORY_KEY, convergence_fi
                              samples_file)
 from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
+from pipeline.nets import autocast
 from pipeline.rng import SampleStreams
 from pipeline.samplers import flow_trajectory
 from pipeline.store import load_model, reflow_settings, save_model, trained_steps
@@ -40,7 +41,8 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     settings = params.train_settings(method_name, data.kind)
     data_hash = sha256_file(data_file(root, dataset))
     recipe = {"method": method_name, "dataset": dataset, "seed": seed, "method_config": config.model_dump(),
-              "train": settings.model_dump(), "network": params.network.model_dump(), "data_sha256": data_hash}
+              "train": settings.model_dump(), "network": params.network.model_dump(), "data_sha256": data_hash,
+              **precision_entry(params)}
     identity = hash_config(recipe)
     device = resolve_device(params.device)
     stage_seed = derive_seed(seed, "train", method_name, dataset)
@@ -49,7 +51,8 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     train_data = method.training_data(torch.from_numpy(data.train))
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
     try:
-        result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress)
+        result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress,
+                       precision=params.precision)
     except CheckpointError as error:
         raise StageError(str(error)) from None
     net.load_state_dict(result.ema_state)  # what the method computes once from the trained (EMA) network
@@ -59,6 +62,11 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     rows = ["step,loss,lr"] + [f"{step},{loss:.8g},{lr:.6g}" for step, loss, lr in result.loss_history]
     write_text(loss_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return model_file(root, method_name, dataset, seed)
+
+
+def precision_entry(params: Params) -> dict:
+    """The training precision in a model's recipe (and so its identity), where it is not the default fp32."""
+    return {} if params.precision == "fp32" else {"precision": params.precision}
 
 
 def _after_training(method: Method, net: torch.nn.Module, train_data: torch.Tensor, stage_seed: int,
@@ -96,7 +104,7 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     recipe = {"method": method_name, "source": source, "dataset": dataset, "seed": seed,
               "method_config": params.method_config(method_name).model_dump(), "reflow": reflow.model_dump(),
               "train": settings.model_dump(), "network": source_recipe["network"],
-              "source_sha256": sha256_file(source_path),
+              "source_sha256": sha256_file(source_path), **precision_entry(params),
               "pairs_sha256": sha256_file(pairs_path)}
     identity = hash_config(recipe)
     stage_seed = derive_seed(seed, "train", method_name, dataset)
@@ -104,7 +112,8 @@ def run_reflow(root: Path, params: Params, method_name: str, dataset: str, seed:
     pairs = torch.stack([noise, coupled], dim=1).float().cpu()
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
     try:
-        result = train(net, method.pair_loss, pairs, settings, stage_seed, checkpoint, identity, device, progress)
+        result = train(net, method.pair_loss, pairs, settings, stage_seed, checkpoint, identity, device, progress,
+                       precision=params.precision)
     except CheckpointError as error:
         raise StageError(str(error)) from None
     save_model(model_file(root, method_name, dataset, seed), recipe, identity, method.data_shape, result.ema_state)
@@ -133,7 +142,7 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     noise_seed = sample_noise_seed(seed, dataset)
     for sampler, budget in iterator:
         key = run_key(sampler, budget)
-        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device)
+        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device, params.precision)
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     paths = draw_trajectories(method, net, noise_seed, device)
     if paths is not None:
@@ -174,13 +183,15 @@ def draw_trajectories(method: Method, net: torch.nn.Module, noise_seed: int, dev
 
 
 def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int | None, n: int, batch: int,
-                 noise_seed: int, device: torch.device) -> tuple[np.ndarray, int]:
+                 noise_seed: int, device: torch.device, precision: str = "fp32") -> tuple[np.ndarray, int]:
     """Samples 0..n-1 of one sampler in batches of at most `batch`, sample i drawing from its own stream
-    (pipeline.rng.SampleStreams), so the samples do not depend on `batch`; and the NFE per sample."""
+    (pipeline.rng.SampleStreams), so the samples do not depend on `batch`; and the NFE per sample. Under
+    bf16 `precision` the network's products run in bf16 (pipeline.nets.autocast)."""
     chunks, evaluations = [], 0.0
     for offset in range(0, n, batch):
         index = torch.arange(offset, min(n, offset + batch), device=device)
-        result = method.sample(net, sampler, budget, len(index), SampleStreams(noise_seed, index), device)
+        with autocast(device, precision):
+            result = method.sample(net, sampler, budget, len(index), SampleStreams(noise_seed, index), device)
         chunks.append(result.x.float().cpu())
         evaluations += result.nfe * len(index)
     return torch.cat(chunks).numpy(), round(evaluations / n)
@@ -281,7 +292,7 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
                 x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, sample_noise_seed(seed, dataset),
-                                      device)
+                                      device, params.precision)
                 metric_seed = derive_seed(seed, "evaluate", dataset)
                 rows += [_convergence_row(step, sampler, nfe, metric, value)
                          for metric, value in scorer(x, metric_seed).items()]

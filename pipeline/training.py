@@ -23,6 +23,7 @@ from pipeline.errors import CheckpointError, TrainingDiverged
 from pipeline import rng, threads
 from pipeline.schema import TrainSettings
 from pipeline.io import save_torch, sha256_bytes
+from pipeline.nets import autocast
 
 CHECKPOINT_FORMAT = 1
 
@@ -77,11 +78,12 @@ def load_checkpoint(path: Path, identity: str) -> dict:
 def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor], data: Tensor,
           settings: TrainSettings, seed: int, checkpoint_path: Path, identity: str,
           device: torch.device | str = "cpu", progress: bool = True,
-          on_step: Callable[[int], None] | None = None) -> TrainResult:
+          on_step: Callable[[int], None] | None = None, precision: str = "fp32") -> TrainResult:
     """Train `net` in place and return its EMA weights and loss history.
 
     checkpoint_path: where the resumable state is written every `checkpoint_every` steps; an
     existing checkpoint with the same `identity` (a hash of everything that made the run) resumes.
+    precision: "bf16" runs the loss's forward and backward products under bf16 autocast.
     """
     device = torch.device(device)
     net.to(device)
@@ -146,7 +148,8 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = rng.integers(0, n, (min(settings.batch_size, n),), generator, device)
-        loss = loss_fn(net, data[index], generator).mean()
+        with autocast(device, precision):  # bf16 products where asked; the loss and its gradient are fp32
+            loss = loss_fn(net, data[index], generator).float().mean()
         if not torch.isfinite(loss):
             raise diverged("loss", step)
         optimizer.zero_grad(set_to_none=True)

@@ -80,6 +80,7 @@ MALFORMED = [
     ("ema decay of one", _set("train.toy.ema_decay", 1.0), "train.toy.ema_decay", "less than 1"),
     ("unknown lr schedule", _set("train.toy.lr_schedule", "linear"), "train.toy.lr_schedule", "cosine"),
     ("unknown device", _set("device", "tpu"), "device", "cuda"),
+    ("unknown precision", _set("precision", "fp16"), "precision", "bf16"),
     ("empty method list", _set("methods", {}), "methods", "empty"),
     ("methods as a list", _set("methods", ["ddpm"]), "methods", "mapping"),
     ("unknown method", _set("methods.ddim", {}), "methods.ddim", "flow_matching"),

@@ -41,3 +41,10 @@ def float64_copy(net: nn.Module) -> nn.Module:
     if next(iter(net.parameters()), torch.empty(0, dtype=torch.float64)).dtype == torch.float64:
         return net
     return copy.deepcopy(net).double()
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context that runs a network's products in `precision` (pipeline.config.Params.precision): bf16
+    autocast, or nothing for fp32. Float64 work inside it (adaptive solvers, likelihoods) is not cast."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
