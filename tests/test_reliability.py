@@ -242,6 +242,22 @@ def test_failed_write_leaves_the_old_file_or_none(tmp_path, fault):
     assert target.read_text() == '{\n  "old": 1\n}\n' and leftovers(tmp_path) == []
 
 
+def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
+    """mkstemp makes 0600 files and mkdtemp 0700 folders: the report was unreadable to other users."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    pio.write_text(tmp_path / "atomic.txt", "x")
+    with pio.atomic_directory(tmp_path / "figures") as folder:
+        (folder / "a.png").write_bytes(b"x")
+    mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(plain)
+    assert mode(tmp_path / "figures") == mode(tmp_path / "plain_dir")
+
+
 def test_failed_directory_write_keeps_the_old_directory(tmp_path, fault):
     target = tmp_path / "figures"
     with pio.atomic_directory(target) as tmp:
