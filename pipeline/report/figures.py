@@ -56,6 +56,22 @@ def save(fig, out: Path, name: str) -> None:
     plt.close(fig)
 
 
+def dress(ax, xlabel: str, ylabel: str, title: str, title_size: int = 10) -> None:
+    """The axes' labels, title and light grid, in the sizes every figure uses."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=title_size)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+
+
+def finish(fig, axes, out: Path, name: str) -> None:
+    """Lay the panels out, put the legend right of them and save the figure (save)."""
+    fig.tight_layout()
+    outside_legend(fig, axes)
+    save(fig, out, name)
+
+
 def outside_legend(fig, axes) -> None:
     """One legend for the figure, right of the panels, from the panel with the most entries."""
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda hl: len(hl[1]))
@@ -123,11 +139,8 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     if above:
         ax.text(0.02, 0.98, "above the axis, best: " + ", ".join(above), transform=ax.transAxes, fontsize=6,
                 va="top", color="0.3")
-    ax.set_xlabel("NFE (network evaluations per sample)", fontsize=8)
-    ax.set_ylabel(f"{metric.name} ({'lower' if metric.lower_is_better else 'higher'} is better)", fontsize=8)
-    ax.set_title(dataset, fontsize=10)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
+    dress(ax, "NFE (network evaluations per sample)",
+          f"{metric.name} ({'lower' if metric.lower_is_better else 'higher'} is better)", dataset)
 
 
 def plain_log_ticks(ax, nfes: list[float]) -> None:
@@ -152,15 +165,11 @@ def quality_figure(frame: pd.DataFrame, params: Params, out: Path) -> str:
     fig, axes = panel_grid(len(params.datasets), 4.2, 3.3)
     for ax, dataset in zip(axes, params.datasets):
         quality_panel(ax, frame, params, dataset)
-    fig.tight_layout()
-    outside_legend(fig, axes)
-    save(fig, out, "quality_vs_nfe")
+    finish(fig, axes, out, "quality_vs_nfe")
     for dataset in params.datasets:
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
         quality_panel(ax, frame, params, dataset)
-        fig.tight_layout()
-        outside_legend(fig, [ax])
-        save(fig, out, f"quality_{dataset}")
+        finish(fig, [ax], out, f"quality_{dataset}")
     return ("quality against NFE per data set: each method at its best sampler within each NFE, mean and 95% "
             "band over seeds; dashed, the data floor")
 
@@ -342,14 +351,8 @@ def likelihood_figure(frame: pd.DataFrame, params: Params, out: Path) -> str | N
         ax.set_xticks(sorted(bounds.nfe.unique()))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("steps of the bound (NFE)", fontsize=8)
-        ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
-        ax.set_title(f"{dataset}: {method}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, lw=0.5)
-    fig.tight_layout()
-    outside_legend(fig, axes)
-    save(fig, out, "nll_bound_vs_ode")
+        dress(ax, "steps of the bound (NFE)", f"{metric} (lower is better)", f"{dataset}: {method}", 9)
+    finish(fig, axes, out, "nll_bound_vs_ode")
     return ("NLL by the variational bound against its step budget, beside the same network's probability-flow ODE "
             "likelihood (band: 95% over seeds) and the true NLL")
 
@@ -368,13 +371,7 @@ def loss_figure(root: Path, params: Params, out: Path) -> str:
             ax.plot(table.index, table.mean(axis=1), lw=1.1, color=style["color"], ls=style["ls"], label=method)
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=style["color"], alpha=0.15, lw=0)
         ax.set_yscale("log")
-        ax.set_xlabel("training step", fontsize=8)
-        ax.set_ylabel("loss (window mean)", fontsize=8)
-        ax.set_title(dataset, fontsize=10)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, lw=0.5)
-    fig.tight_layout()
-    outside_legend(fig, axes)
-    save(fig, out, "loss_curves")
+        dress(ax, "training step", "loss (window mean)", dataset)
+    finish(fig, axes, out, "loss_curves")
     return ("training loss per method and data set: mean over seeds, band from the lowest to the highest seed (each "
             "method's loss has its own scale)")
