@@ -230,7 +230,7 @@ def test_every_stage_runs_on_digits_with_a_tiny_unet(tmp_path):
     run_report(tmp_path, params)
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert "the digits feature classifier" in summary and f"test accuracy {accuracy:.3f}" in summary
-    assert "### digits: `fid` (lower is better)" in summary and f"Data floor (real vs real" in summary
+    assert "### digits: `fid` (lower is better)" in summary and "Data floor (real vs real" in summary
     grid = (tmp_path / "reports" / "grid.md").read_text()
     assert "Real-vs-real floor" in grid and "| data / data" in grid
     assert (tmp_path / "reports" / "figures" / "samples_digits.png").stat().st_size > 1000
