@@ -76,6 +76,7 @@ def publish(root: Path, params: Params) -> str:
     if existing:
         record(root, uri, params.mlflow.experiment, state, existing[0].info.run_id)
         return existing[0].info.run_id
+    _discard_incomplete(client, experiment.experiment_id, state)
     results = pd.read_csv(results_path)
     protocol_path = root / "reports" / "protocol.csv"
     protocol = pd.read_csv(protocol_path, keep_default_na=False) if protocol_path.exists() else None
@@ -101,6 +102,26 @@ def publish(root: Path, params: Params) -> str:
         mlflow.set_tag("pipeline_complete", "true")
     record(root, uri, params.mlflow.experiment, state, parent.info.run_id)
     return parent.info.run_id
+
+
+def _discard_incomplete(client, experiment_id: str, state: str) -> None:
+    """Delete what a publish of this state that failed half-way left (its parent, children and their logged
+    models), so that the redo leaves one copy of each run and model."""
+    stale = {run.info.run_id for run in client.search_runs([experiment_id],
+                                                           filter_string=f"tags.pipeline_state = '{state}'")}
+    if not stale:
+        return
+    token = None
+    while True:
+        page = client.search_logged_models([experiment_id], max_results=1000, page_token=token)
+        for model in page:
+            if model.source_run_id in stale:
+                client.delete_logged_model(model.model_id)
+        token = page.token
+        if not token:
+            break
+    for run_id in sorted(stale):
+        client.delete_run(run_id)
 
 
 def _publish_child(root: Path, params: Params, results: pd.DataFrame, method: str, dataset: str, seed: int,

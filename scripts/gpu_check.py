@@ -53,7 +53,9 @@ def smoke_runs(out: Path, tiny: bool) -> dict:
         results = []
         for command in (["dvc", "repro"], ["dvc", "repro", "--force"]):
             start = time.perf_counter()
-            subprocess.run(command, cwd=root, check=True, capture_output=True)
+            done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+            if done.returncode:  # the GPU's minutes are scarce: show why at once
+                raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             times.append(time.perf_counter() - start)
             results.append((root / "reports" / "results.csv").read_bytes())
         shutil.copy(root / "reports" / "summary.md", out / "gpu_check_summary.md")
@@ -91,9 +93,10 @@ def training_runs(device: torch.device, steps: int, tiny: bool) -> list[dict]:
                 elapsed = time.perf_counter() - start
             net.eval()
             index = torch.arange(sample_batch, device=device)
-            synchronize(device)
-            start = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                method.sample(net, "ddim-eta0.0-uniform", 2, sample_batch, SampleStreams(0, index), device)  # warm-up
+                synchronize(device)
+                start = time.perf_counter()
                 method.sample(net, "ddim-eta0.0-uniform", budget, sample_batch, SampleStreams(0, index), device)
             synchronize(device)
             sampling = time.perf_counter() - start

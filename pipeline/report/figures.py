@@ -325,22 +325,23 @@ def likelihood_figure(frame: pd.DataFrame, params: Params, out: Path) -> str | N
 
     fig, axes = panel_grid(len(panels), 4.0, 3.0)
     for ax, (dataset, method, metric, rows, truth) in zip(axes, panels):
-        ode = rows[rows.sampler == ODE_LIKELIHOOD].value
-        mean, half = seed_interval(ode.tolist())
+        ode = rows[rows.sampler == ODE_LIKELIHOOD].value.dropna()  # a diverged solve is nan in results.csv
+        mean, half = seed_interval(ode.tolist()) if len(ode) else (math.nan, math.nan)
         half = 0.0 if not math.isfinite(half) else half
         bounds = rows[rows.sampler != ODE_LIKELIHOOD]
         for k, (sampler, group) in enumerate(bounds.groupby("sampler", sort=True)):
             curve = group.groupby("nfe").value.mean()
             ax.plot(curve.index, curve.values, marker="o", ms=3, lw=1.2, color=f"C{k}", label=f"bound: {sampler}")
-        ax.axhline(mean, color="C3", lw=1.5, label="probability-flow ODE")
-        ax.axhspan(mean - half, mean + half, color="C3", alpha=0.15, lw=0)
+        if math.isfinite(mean):
+            ax.axhline(mean, color="C3", lw=1.5, label="probability-flow ODE")
+            ax.axhspan(mean - half, mean + half, color="C3", alpha=0.15, lw=0)
         if len(truth):
             ax.axhline(float(truth.iloc[0]), color="k", ls="--", lw=1, label="true NLL (data)")
         # the axis spans the ODE value, the truth and the best bound (a short chain's posterior-variance bound
         # can be 100x larger); bounds wholly above it are named
         best = bounds.groupby("sampler").value.min()
-        anchors = [mean, *truth.tolist()[:1], float(best.min())]
-        low, high = min(anchors), max(anchors)
+        anchors = [a for a in [mean, *truth.tolist()[:1], float(best.min())] if math.isfinite(a)]
+        low, high = (min(anchors), max(anchors)) if anchors else (0.0, 1.0)
         pad = 0.5 * (high - low) + 0.2
         ax.set_ylim(low - pad, high + 2 * pad)
         above = [f"{sampler} (best {value:.3g})" for sampler, value in best.items() if value > high + 2 * pad]

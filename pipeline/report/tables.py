@@ -70,8 +70,8 @@ def best_entries(per_seed: dict[str, dict[tuple, pd.Series]], lower_is_better: d
     tested, p_values = [], []
     for column, entries in per_seed.items():
         lower = lower_is_better[column]
-        ranked = sorted(entries, key=lambda k: entries[k].mean() if lower else -entries[k].mean())
-        ranked = [k for k in ranked if np.isfinite(entries[k].mean())]
+        finite = [k for k in entries if np.isfinite(entries[k].mean())]  # before sorting: nan breaks sorted()
+        ranked = sorted(finite, key=lambda k: entries[k].mean() if lower else -entries[k].mean())
         if len(ranked) < 2:
             continue
         best, runner_up = entries[ranked[0]], entries[ranked[1]]
@@ -131,7 +131,8 @@ def mode_table(frame: pd.DataFrame, params: Params, shown: tuple[str, ...] = ("c
     means = sub[sub.nfe == largest].groupby(["method", "sampler", "dataset", "metric"], sort=False).value.mean()
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for (method, sampler, dataset, metric), value in means.items():
-        text = f"{int(value)}" if metric == "modes" and value == int(value) else f"{value:.3f}"
+        text = "—" if not math.isfinite(value) else f"{int(value)}" if metric == "modes" and value == int(value) \
+            else f"{value:.3f}"
         cells.setdefault((method, sampler), {})[f"{dataset} {metric}"] = text
     columns = [f"{d} {m}" for d in toy for m in shown if f"{d} {m}" in {c for v in cells.values() for c in v}]
     order = ["data", *params.evaluated_methods()]
@@ -161,8 +162,9 @@ def learned_table(frame: pd.DataFrame, params: Params, tolerance: float = 0.1) -
             if method not in by_method.index.get_level_values(0):
                 continue
             scores = by_method.loc[method]
+            finite = scores.coverage.notna().any()  # none where every sampler diverged: not learned
             row = {"dataset": dataset, "method": method, "coverage": scores.coverage.max(),
-                   "best sampler": scores.coverage.idxmax(), "coverage floor": floor.coverage}
+                   "best sampler": scores.coverage.idxmax() if finite else "—", "coverage floor": floor.coverage}
             ok = row["coverage"] >= (1 - tolerance) * floor.coverage
             if "modes" in scores and scores.modes.notna().any():
                 row |= {"modes": scores.modes.max(), "modes floor": floor.modes}
@@ -192,6 +194,7 @@ class Option:
     nfe_label: str   # "100", or an adaptive sampler's range over seeds, "131-157"
     nfe: float       # where it sits on an NFE axis (an adaptive sampler's mean over seeds)
     values: pd.Series
+    nfe_max: float   # its largest NFE over seeds: what a budget must allow
 
 
 def sampler_options(rows: pd.DataFrame, budget: int | None) -> list[Option]:
@@ -204,13 +207,14 @@ def sampler_options(rows: pd.DataFrame, budget: int | None) -> list[Option]:
         shared = set.intersection(*by_seed)
         if shared:
             for nfe in sorted(n for n in shared if budget is None or n <= budget):
-                options.append(Option(sampler, str(nfe), float(nfe), group[group.nfe == nfe].set_index("seed").value))
+                options.append(Option(sampler, str(nfe), float(nfe), group[group.nfe == nfe].set_index("seed").value,
+                                      float(nfe)))
             continue
         fitting = group[group.nfe <= budget] if budget is not None else group
         if len(fitting) and fitting.seed.nunique() == len(by_seed):
             chosen = closest_nfe(fitting, budget or int(fitting.nfe.max()))
             options.append(Option(sampler, nfe_text(chosen.nfe), float(chosen.nfe.mean()),
-                                  chosen.set_index("seed").value))
+                                  chosen.set_index("seed").value, float(chosen.nfe.max())))
     return options
 
 
@@ -223,17 +227,18 @@ def best_option(options: list[Option], lower_is_better: bool) -> Option | None:
 
 
 def quality_curve(frame: pd.DataFrame, dataset: str, method: str, metric: str, lower_is_better: bool) -> pd.DataFrame:
-    """The best a method does within each NFE: at every NFE one of its options uses, the best option using
-    at most that many (so the curve never worsens with budget), its mean and 95% interval over seeds.
-    Columns nfe, sampler, nfe_label, mean, low, high."""
+    """The best a method does within each NFE: at every NFE one of its options needs (an adaptive sampler's
+    largest over seeds), the best option needing at most that many on every seed (as the ranking's budgets;
+    so the curve never worsens with budget), its mean and 95% interval over seeds.
+    Columns nfe (the budget), sampler, nfe_label (the NFE it used), mean, low, high."""
     rows = frame[(frame.dataset == dataset) & (frame.method == method) & (frame.metric == metric)]
     options = sampler_options(rows, None) if len(rows) else []
     points = []
-    for nfe in sorted({o.nfe for o in options}):
-        best = best_option([o for o in options if o.nfe <= nfe], lower_is_better)
+    for nfe in sorted({o.nfe_max for o in options}):
+        best = best_option([o for o in options if o.nfe_max <= nfe], lower_is_better)
         if best is None:
             continue
-        mean, half = seed_interval(best.values.tolist())
+        mean, half = seed_interval(best.values.dropna().tolist())  # the seeds it has (the ranking names a gap)
         half = 0.0 if not math.isfinite(half) else half
         points.append({"nfe": nfe, "sampler": best.sampler, "nfe_label": best.nfe_label, "mean": mean,
                        "low": mean - half, "high": mean + half})
