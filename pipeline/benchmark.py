@@ -37,7 +37,7 @@ from pipeline.data.images import load_digits_pool, to_model_space
 from pipeline.errors import StageError
 from pipeline.io import write_text
 from pipeline.layout import resolve_device
-from pipeline.methods import build_method
+from pipeline.methods import METHODS, build_method
 from pipeline import rng
 from pipeline.rng import SampleStreams
 from pipeline.io import save_torch
@@ -264,7 +264,8 @@ def evaluation_costs(params: Params, data: np.ndarray, repeats: int, device) -> 
                                                           images.prc_neighborhood, 0, device), repeats)
     figures.append(Figure("evaluation", f"FID, KID, precision, recall: features of {images.fid_samples} + "
                           f"{images.fid_samples} images (torch-fidelity)", seconds, "s"))
-    for name in [m for m in ("flow_matching", "vp_sde") if m in params.methods]:
+    # the first two of the profile's methods with a probability-flow ODE: their likelihood is an ODE solve
+    for name in [m for m in params.methods if "ode" in METHODS[m].capabilities][:2]:
         method, net = _trained(params, name, torch.from_numpy(data), "toy", 200, device)
         points = torch.from_numpy(data[: cfg.nll_points]).to(device)
         context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)

@@ -30,6 +30,7 @@ from pipeline.benchmark import copy_repository  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.layout import resolve_device  # noqa: E402
 from pipeline.methods import build_method  # noqa: E402
+from pipeline import rng  # noqa: E402
 from pipeline.rng import SampleStreams  # noqa: E402
 from pipeline.training import train  # noqa: E402
 
@@ -69,7 +70,7 @@ def training_runs(device: torch.device, steps: int, tiny: bool) -> list[dict]:
     """Each method x precision: training step time and samples/s, peak memory, DDIM sampling throughput."""
     params = load_params(REPO / "profiles" / ("smoke_images.yaml" if tiny else "cifar10.yaml"))
     shape, batch, sample_batch, budget = ((1, 8, 8), 4, 8, 2) if tiny else ((3, 32, 32), 128, 256, 100)
-    data = torch.rand((batch * 8, *shape), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = rng.uniform((batch * 8, *shape), torch.Generator().manual_seed(0), "cpu") * 2 - 1  # train() moves it
     rows = []
     for name in ("ddpm", "flow_matching"):
         config = params.method_config(name)

@@ -205,11 +205,12 @@ class DDPM(AffineMethod):
         (2-D) data the decoder is a Gaussian density; for 8-bit images ([C, H, W] data) x is snapped to the
         pixel grid and the decoder is the discretized Gaussian (Ho et al. 2020, eq. 13; pipeline.likelihood).
         Analytic-DPM's bound (Bao et al. 2022, sec. 5) is reported as `analytic_ddpm` once its table is loaded.
-        First, the probability-flow ODE's likelihood of the same network on the chain's continuous view
+        Then the probability-flow ODE's likelihood of the same network on the chain's continuous view
         (AffineMethod; log alpha_bar linear between steps, pipeline.paths), from t = 1/T: the report sets the
-        bound beside it.
+        bound beside it. It comes last, so its Hutchinson probes on images leave the bounds' draws as they were.
         """
-        records = super().log_likelihood(net, x, generator, context)
+        ode_input = x
+        records = []
         images = len(self.data_shape) == 3
         x = pixel_grid(x.double()) if images else x.double()
         d = self.dim
@@ -241,7 +242,7 @@ class DDPM(AffineMethod):
                             bound[key] += 0.5 * (d * (post_var / var - 1 + math.log(var / post_var)) + mean_sq / var)
             for key, value in bound.items():
                 records.append(LikelihoodRecord(key, len(steps), -value, "elbo"))
-        return records
+        return records + super().log_likelihood(net, ode_input, generator, context)
 
 
 def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResult:

@@ -227,8 +227,9 @@ def summary_parts(frame: pd.DataFrame, params: Params, figures: list[tuple[str, 
         rest += section[:2] + [_trained_steps_line(params), ""] + section[2:] if section else []
     rest += image_summary(frame, params)
     rest += ["## Figures", "", "Each as PNG and SVG under `figures/`.", ""]
-    for name, caption in figures:
-        if name != "quality_vs_nfe":
+    shown = "\n".join(opening + rest)
+    for name, caption in figures:  # each once: the quality figure opens the summary, convergence has its section
+        if f"](figures/{name}.png)" not in shown:
             rest += [f"**{name}**: {caption}.", "", f"![{name}](figures/{name}.png)", ""]
     rest += metric_glossary(frame, params)
     return "\n".join(opening), "\n".join(rest)
