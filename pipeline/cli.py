@@ -98,6 +98,47 @@ def _check_names(params, method: str | None = None, dataset: str | None = None, 
         _fail(f"--seed {seed} is not in params.yaml's seeds ({', '.join(map(str, params.seeds))})", 2)
 
 
+def _in_processes(params, command: list[str], work) -> None:
+    """Run work(show) in params.yaml's nproc_per_node processes, `show` true on the one that prints.
+
+    Started by torchrun already (WORLD_SIZE set): join its process group and work here, whatever
+    nproc_per_node says, so a stage runs unchanged under `torchrun --nproc_per_node=N -m pipeline ...`.
+    Asked for more than one process otherwise: run `command` (this command's arguments) under torchrun
+    (torch.distributed.run --standalone: one machine, a free port) and wait for it."""
+    from pipeline import distributed
+
+    if params.nproc_per_node > 1 and not distributed.launched():
+        import subprocess
+
+        from pipeline.layout import resolve_device
+
+        if resolve_device(params.device).type == "cuda":
+            import torch
+
+            if params.nproc_per_node > torch.cuda.device_count():
+                _fail(f"nproc_per_node: {params.nproc_per_node} processes asked for, but {torch.cuda.device_count()} "
+                      f"GPUs are visible (one process per GPU)", 2)
+
+        options = ["--params", str(_state["params"])] + (["--debug"] if _state["debug"] else [])
+        code = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={params.nproc_per_node}", "-m", "pipeline", *options, *command])
+        if code:
+            _fail(f"{params.nproc_per_node} processes under torchrun ended with exit code {code} (their errors are "
+                  f"above)", code)
+        return
+    from pipeline.layout import resolve_device
+
+    distributed.start(resolve_device(params.device))
+    try:
+        work(distributed.is_main())
+    finally:
+        distributed.stop()
+
+
+def _identify(method: str, dataset: str, seed: int, progress: bool) -> list[str]:
+    return ["--method", method, "--dataset", dataset, "--seed", str(seed), "--progress" if progress else "--no-progress"]
+
+
 @app.command()
 def validate() -> None:
     """Check params.yaml as a whole and exit 2 with one line on the first mistake."""
@@ -149,7 +190,13 @@ def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOp
 
     def action(params):
         _check_names(params, method, dataset, seed)
-        typer.echo(f"wrote {run_train(_state['root'], params, method, dataset, seed, progress)}")
+
+        def work(show):
+            path = run_train(_state["root"], params, method, dataset, seed, progress and show)
+            if show:
+                typer.echo(f"wrote {path}")
+
+        _in_processes(params, ["train", *_identify(method, dataset, seed, progress)], work)
 
     _run(action)
 
@@ -171,10 +218,17 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
         _check_names(params, method, dataset, seed, derived=True)
         root = _state["root"]
         make = run_reflow if params.is_derived(method) else run_train
-        typer.echo(f"wrote {make(root, params, method, dataset, seed, progress)}")
-        typer.echo(f"wrote {run_sample(root, params, method, dataset, seed, progress)}")
-        typer.echo(f"wrote {run_evaluate(root, params, method, dataset, seed)}")
-        typer.echo(f"wrote {run_convergence(root, params, method, dataset, seed, progress)}")
+
+        def work(show):
+            for step in (lambda: make(root, params, method, dataset, seed, progress and show),
+                         lambda: run_sample(root, params, method, dataset, seed, progress and show),
+                         lambda: run_evaluate(root, params, method, dataset, seed),
+                         lambda: run_convergence(root, params, method, dataset, seed, progress and show)):
+                path = step()
+                if show:
+                    typer.echo(f"wrote {path}")
+
+        _in_processes(params, ["run", *_identify(method, dataset, seed, progress)], work)
 
     _run(action)
 
@@ -191,7 +245,13 @@ def reflow(method: str = typer.Option(..., "--method", "-m", help="A method para
             derived = [name for name in params.evaluated_methods() if params.is_derived(name)]
             _fail(f"--method {method!r} is not made by params.yaml's reflow ({', '.join(derived) or 'empty'})", 2)
         _check_names(params, dataset=dataset, seed=seed)
-        typer.echo(f"wrote {run_reflow(_state['root'], params, method, dataset, seed, progress)}")
+
+        def work(show):
+            path = run_reflow(_state["root"], params, method, dataset, seed, progress and show)
+            if show:
+                typer.echo(f"wrote {path}")
+
+        _in_processes(params, ["reflow", *_identify(method, dataset, seed, progress)], work)
 
     _run(action)
 
@@ -204,7 +264,13 @@ def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedO
 
     def action(params):
         _check_names(params, method, dataset, seed, derived=True)
-        typer.echo(f"wrote {run_sample(_state['root'], params, method, dataset, seed, progress)}")
+
+        def work(show):
+            path = run_sample(_state["root"], params, method, dataset, seed, progress and show)
+            if show:
+                typer.echo(f"wrote {path}")
+
+        _in_processes(params, ["sample", *_identify(method, dataset, seed, progress)], work)
 
     _run(action)
 

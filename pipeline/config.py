@@ -25,6 +25,9 @@ class Params(Strict):
     #: the networks' matrix products in training and fixed-step sampling: fp32, or bf16 autocast (weights,
     #: optimizer and EMA stay fp32; adaptive solvers and likelihoods always run their network in float64)
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: processes per stage (one per GPU; gloo processes on the CPU), started by torchrun: data-parallel
+    #: training, sampling split by sample index (pipeline.distributed). 1: one process, no torchrun.
+    nproc_per_node: int = Field(1, ge=1)
     datasets: list[str] = Field(min_length=1)
     methods: dict[str, Any] = Field(min_length=1)
     #: reflow rounds, keyed by the method they are made from (its class's ReflowConfig), each evaluated as

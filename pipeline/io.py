@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline import distributed
+
 #: test hook: called with the final path just before a temporary file is renamed into place
 FAULT_HOOK: Callable[[Path], None] | None = None
 
@@ -100,8 +102,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Every writer below comes here. Under torchrun with several processes (pipeline.distributed) every
+    process makes the same call: rank 0 alone writes, and all continue once the file is there."""
+    if distributed.launched() and not distributed.is_main():
+        distributed.barrier()
+        return
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    if distributed.launched():
+        distributed.barrier()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -23,16 +23,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import distributed
 from pipeline.errors import StageError
 
 def resolve_device(name: str) -> torch.device:
-    """params.yaml's device; on CUDA, with the settings that make its kernels repeatable (deterministic_cuda)."""
+    """params.yaml's device; on CUDA, with the settings that make its kernels repeatable (deterministic_cuda),
+    and under torchrun the GPU of the process's LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise StageError("device: cuda was asked for but no CUDA device is available; set device: auto or cpu")
     if name == "cuda":
         deterministic_cuda()
+        if distributed.launched():  # one GPU per process under torchrun
+            return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
 
 

@@ -105,7 +105,26 @@ def _box_muller(bits: Tensor, wide: bool) -> Tensor:
     return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], -1).flatten(-2)
 
 
-Source = torch.Generator | SampleStreams | None
+class RowShard:
+    """Rows start..stop-1 of every per-row draw of a global batch of `rows`, from a torch.Generator that every
+    process of a data-parallel run holds in the same state (pipeline.distributed): a draw with the shard's
+    row count as its first dimension is made for all `rows` and sliced, any other draw is made whole. So
+    each process draws exactly its rows of what one process would draw for the global batch, and the
+    generators stay in lock-step. (A loss that couples its rows, like minibatch OT or PFGM's field of the
+    batch, couples each process's rows only.)"""
+
+    def __init__(self, generator: torch.Generator, rows: int, start: int, stop: int):
+        self.generator, self.rows, self.start, self.stop = generator, rows, start, stop
+        self.device = generator.device
+
+    def draw(self, make, shape: tuple[int, ...]) -> Tensor:
+        """make(shape) -> tensor, made for the global batch where `shape` is per row."""
+        if shape and shape[0] == self.stop - self.start:
+            return make((self.rows, *shape[1:]))[self.start:self.stop]
+        return make(shape)
+
+
+Source = torch.Generator | SampleStreams | RowShard | None
 
 
 def _device(generator: Source, device: torch.device | str) -> torch.device:
@@ -125,6 +144,8 @@ def normal(shape: tuple[int, ...], generator: Source, device: torch.device | str
     """N(0, 1) draws of the given shape on `device`."""
     if isinstance(generator, SampleStreams):
         return generator.normal(tuple(shape), dtype).to(_device(generator, device))
+    if isinstance(generator, RowShard):
+        return generator.draw(lambda s: normal(s, generator.generator, device, dtype), tuple(shape))
     return torch.randn(shape, generator=generator, device=_device(generator, device), dtype=dtype)
 
 
@@ -138,6 +159,8 @@ def uniform(shape: tuple[int, ...], generator: Source, device: torch.device | st
     """U[0, 1) draws of the given shape on `device`."""
     if isinstance(generator, SampleStreams):
         return generator.uniform(tuple(shape), dtype).to(_device(generator, device))
+    if isinstance(generator, RowShard):
+        return generator.draw(lambda s: uniform(s, generator.generator, device, dtype), tuple(shape))
     return torch.rand(shape, generator=generator, device=_device(generator, device), dtype=dtype)
 
 
@@ -146,6 +169,8 @@ def integers(low: int, high: int, shape: tuple[int, ...], generator: Source,
     """Integers uniform on {low, ..., high - 1} (int64) on `device`."""
     if isinstance(generator, SampleStreams):
         return generator.integers(low, high, tuple(shape)).to(_device(generator, device))
+    if isinstance(generator, RowShard):
+        return generator.draw(lambda s: integers(low, high, s, generator.generator, device), tuple(shape))
     return torch.randint(low, high, shape, generator=generator, device=_device(generator, device))
 
 
@@ -158,6 +183,8 @@ def permutation(n: int, generator: Source, device: torch.device | str) -> Tensor
     """A uniformly random permutation of 0..n-1 on `device` (a generator's: a permutation is not per sample)."""
     if isinstance(generator, SampleStreams):
         raise TypeError("a permutation draws from a torch.Generator, not from per-sample streams")
+    if isinstance(generator, RowShard):  # a permutation is not per row: the same on every process
+        generator = generator.generator
     return torch.randperm(n, generator=generator, device=_device(generator, device))
 
 
@@ -168,4 +195,6 @@ def categorical(weights: Tensor, n: int, generator: Source) -> Tensor:
         cdf = torch.cumsum(weights.double(), 0) / weights.double().sum()
         u = generator.uniform((n,), torch.float64).to(weights.device)
         return torch.searchsorted(cdf, u).clamp_max(len(weights) - 1)
+    if isinstance(generator, RowShard):
+        return generator.draw(lambda s: categorical(weights, s[0], generator.generator), (n,))
     return torch.multinomial(weights, n, replacement=True, generator=generator)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import data as datasets
+from pipeline import data as datasets, distributed
 from pipeline.config import Params
 from pipeline.data.images import dequantize
 from pipeline.errors import CheckpointError, StageError
@@ -50,6 +51,9 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     net = method.make_network(params.network)  # initialisation drawn from the stage's seed
     train_data = method.training_data(torch.from_numpy(data.train))
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
+    if method.couples_batch_rows and distributed.world_size() > 1 and progress:
+        print(f"note: {method_name}'s loss couples the rows of a batch; each of the {distributed.world_size()} "
+              f"processes couples its own {settings.batch_size // distributed.world_size()}", file=sys.stderr)
     try:
         result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress,
                        precision=params.precision)
@@ -186,15 +190,19 @@ def draw_samples(method: Method, net: torch.nn.Module, sampler: str, budget: int
                  noise_seed: int, device: torch.device, precision: str = "fp32") -> tuple[np.ndarray, int]:
     """Samples 0..n-1 of one sampler in batches of at most `batch`, sample i drawing from its own stream
     (pipeline.rng.SampleStreams), so the samples do not depend on `batch`; and the NFE per sample. Under
-    bf16 `precision` the network's products run in bf16 (pipeline.nets.autocast)."""
-    chunks, evaluations = [], 0.0
-    for offset in range(0, n, batch):
-        index = torch.arange(offset, min(n, offset + batch), device=device)
+    bf16 `precision` the network's products run in bf16 (pipeline.nets.autocast). Under torchrun each
+    process draws a contiguous run of the batches and every process gets all n (pipeline.distributed):
+    the same batches, so the same samples, as one process."""
+    chunks, evaluations = [torch.empty((0, *method.data_shape))], 0.0
+    first, last = distributed.shard(n, batch)  # 0, n in one process; under torchrun this process's batches
+    for offset in range(first, last, batch):
+        index = torch.arange(offset, min(last, offset + batch), device=device)
         with autocast(device, precision):
             result = method.sample(net, sampler, budget, len(index), SampleStreams(noise_seed, index), device)
         chunks.append(result.x.float().cpu())
         evaluations += result.nfe * len(index)
-    return torch.cat(chunks).numpy(), round(evaluations / n)
+    samples = distributed.gather_rows(torch.cat(chunks), n, batch)  # every process's shard, in index order
+    return samples.numpy(), round(distributed.sum_over_processes(evaluations) / n)
 
 
 def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, seed: int) -> Path:

@@ -4,6 +4,12 @@ It knows no method names: it minimises mean(loss_fn(net, batch, generator)) over
 of a tensor of training examples. A checkpoint holds the network, its EMA, the optimizer, the
 step, the loss history and every random generator's state, so a run killed at any point and
 restarted from its last checkpoint ends with bit-identical weights (on the same machine).
+
+Under torchrun with several processes (pipeline.distributed) the same loop is data-parallel: every process
+draws the global batch's indices and random numbers with one generator in lock-step, computes the loss
+on its contiguous slice of rows (pipeline.rng.RowShard), and DistributedDataParallel averages the
+gradients, so the weights equal one process's with the same batch_size and seed to float rounding (for a
+loss whose rows are independent). Rank 0 writes the checkpoints; every process resumes from them.
 """
 
 from __future__ import annotations
@@ -19,15 +25,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from pipeline.errors import CheckpointError, TrainingDiverged
-from pipeline import rng, threads
+from pipeline.errors import CheckpointError, StageError, TrainingDiverged
+from pipeline import distributed, rng, threads
 from pipeline.schema import TrainSettings
-from pipeline.io import save_torch, sha256_bytes
+from pipeline.io import derive_seed, save_torch, sha256_bytes
 from pipeline.nets import autocast
 
 CHECKPOINT_FORMAT = 1
-
-
 
 
 @dataclass
@@ -75,6 +79,40 @@ def load_checkpoint(path: Path, identity: str) -> dict:
     return state
 
 
+def _process_seed(seed: int) -> int:
+    """The global torch generator's seed of this process (dropout masks): the training seed on rank 0 and in
+    one process, a seed derived from it on the others, so their masks are not copies of rank 0's."""
+    return seed if distributed.is_main() else derive_seed(seed, "process", distributed.rank())
+
+
+def _global_rng_states(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _restore_global_rng(state: dict, device: torch.device, seed: int) -> None:
+    """This process's global torch (and CUDA) generator from a checkpoint: its own state where the checkpoint
+    was written by as many processes, else rank 0's state on rank 0 and a fresh derived seed elsewhere."""
+    states = state.get("process_rng")
+    if states is not None and len(states) == distributed.world_size():
+        cpu, cuda = states[distributed.rank()]
+    elif distributed.is_main():
+        cpu, cuda = state["torch_rng"], state.get("cuda_rng")
+    else:
+        torch.manual_seed(derive_seed(seed, "process", distributed.rank(), state["step"]))
+        return
+    torch.set_rng_state(cpu)
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _global_batch(settings: TrainSettings, n: int) -> int:
+    batch = min(settings.batch_size, n)
+    if batch % distributed.world_size():
+        raise StageError(f"the batch of {batch} examples does not split evenly over {distributed.world_size()} "
+                         f"processes; make train.batch_size a multiple of the process count")
+    return batch
+
+
 def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor], data: Tensor,
           settings: TrainSettings, seed: int, checkpoint_path: Path, identity: str,
           device: torch.device | str = "cpu", progress: bool = True,
@@ -91,7 +129,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
     ema = copy.deepcopy(net).requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, fused=True)  # one kernel for all parameters
     generator = torch.Generator(device=device).manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(_process_seed(seed))
     history: list[tuple[int, float, float]] = []
     window: list[Tensor] = []
     snapshots: dict[int, dict[str, Tensor]] = {}
@@ -103,13 +141,13 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        _restore_global_rng(state, device, seed)
         history = [tuple(row) for row in state["history"]]
         window = [torch.tensor(w, device=device) for w in state["window"]]
         snapshots = state.get("snapshots", {})
         start = state["step"]
+        if progress and distributed.is_main():
+            print(f"resuming from {checkpoint_path} at step {start}", file=sys.stderr)
 
     saved_step = [start] if checkpoint_path.exists() else []
 
@@ -121,22 +159,29 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
 
     def save(step: int) -> None:
         saved_step[:] = [step]
+        if window:  # the losses since the last log, as every process will resume them: averaged over processes
+            window[:] = [torch.tensor(float(w), device=device)
+                         for w in distributed.mean_over_processes(torch.stack(window))]
+        process_rng = distributed.gather_objects(_global_rng_states(device))  # every process saves; rank 0 writes
         save_torch(checkpoint_path, {
             "format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
             "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "weights_sha256": weights_digest(net.state_dict(), ema.state_dict()),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "generator": generator.get_state(), "torch_rng": process_rng[0][0], "cuda_rng": process_rng[0][1],
+            **({"process_rng": process_rng} if len(process_rng) > 1 else {}),
             "history": history, "window": [float(w) for w in window], "snapshots": snapshots,
         })
 
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from tqdm import tqdm
 
         bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", file=sys.stderr,
                    dynamic_ncols=True, mininterval=1.0)
     n = data.shape[0]
+    batch = _global_batch(settings, n)
+    rows = distributed.shard(batch)
+    model = distributed.data_parallel(net, device)  # net itself in one process
     parameters = list(net.parameters())  # walking the module tree every step cost ~10% of a small MLP's step
     ema_parameters = list(ema.parameters())
     ema_update = get_ema_multi_avg_fn(settings.ema_decay)  # one foreach lerp over all parameters
@@ -147,10 +192,12 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         lr = learning_rate(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = rng.integers(0, n, (min(settings.batch_size, n),), generator, device)
+        index = rng.integers(0, n, (batch,), generator, device)
+        source = generator if model is net else rng.RowShard(generator, batch, *rows)
         with autocast(device, precision):  # bf16 products where asked; the loss and its gradient are fp32
-            loss = loss_fn(net, data[index], generator).float().mean()
-        if not torch.isfinite(loss):
+            loss = loss_fn(model, data[index[rows[0]:rows[1]]], source).float().mean()
+        # a process alone must not stop (the others would wait in backward): several check the averaged gradient
+        if model is net and not torch.isfinite(loss):
             raise diverged("loss", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,7 +214,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         if done in snapshot_steps:
             snapshots[done] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
         if done % settings.log_every == 0 or done == settings.steps:
-            history.append((done, float(torch.stack(window).mean()), lr))
+            history.append((done, float(distributed.mean_over_processes(torch.stack(window).mean())), lr))
             window = []
             if bar is not None:
                 bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
@@ -179,6 +226,6 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
             on_step(done)
     if bar is not None:
         bar.close()
-    if start < settings.steps or not checkpoint_path.exists():
+    if start < settings.steps or not saved_step:
         save(settings.steps)
     return TrainResult({k: v.detach().cpu() for k, v in ema.state_dict().items()}, history, snapshots)

@@ -47,6 +47,9 @@ class Method(ABC):
     samplers: ClassVar[dict[str, SamplerSpec]] = {}
     #: what the method offers the shared samplers (pipeline.samplers lists them and what each needs)
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: whether a row's loss depends on the other rows of its batch (a minibatch coupling or a field of the
+    #: batch): under data-parallel training each process then couples only its own rows (pipeline.training)
+    couples_batch_rows: ClassVar[bool] = False
     #: output units the network needs beyond the data's size (PFGM's augmented coordinate)
     extra_outputs: ClassVar[int] = 0
     #: the hook of a derived method: the settings of a reflow round of this method (params.yaml's

@@ -71,6 +71,7 @@ class OTFlowMatching(LinearFlow):
     #: the OT plan couples noise and data, so q(x_s | x_r, x0) is not the path's Gaussian posterior: the ODE
     #: samplers and DDIM with eta = 0, not the stochastic chains
     capabilities = frozenset({"ode", "affine_ode"})
+    couples_batch_rows = True  # the OT plan of each minibatch
 
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         noise = rng.normal(tuple(batch.shape), generator, batch.device)

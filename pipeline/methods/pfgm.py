@@ -164,6 +164,7 @@ class PFGM(Method):
     extra_outputs = 1
     #: the shared ODE samplers (pipeline.samplers) on the backward Poisson-field ODE in ln z (probability_flow)
     capabilities = frozenset({"ode"})
+    couples_batch_rows = True  # the empirical field of the batch (and its reference points)
 
     def __init__(self, config: PFGMConfig, data_shape):
         super().__init__(config, data_shape)
