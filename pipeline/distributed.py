@@ -31,17 +31,28 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+#: how long a collective waits for the slowest process before the job is stopped: sampling can keep the
+#: others waiting for a whole sampling run (with fewer samples than one batch only one process draws, and
+#: a batch of 1,000 images over 1,000 steps can take longer than torch's default 10 minutes on NCCL)
+COLLECTIVE_TIMEOUT_HOURS = 4
+
+
 def start(device: torch.device) -> None:
     """Join torchrun's process group (a no-op in one process or when already joined): NCCL on CUDA, gloo
     on the CPU. On CUDA each process takes the GPU of its LOCAL_RANK."""
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
     if not launched() or dist.is_initialized():
         return
+    timeout = timedelta(hours=COLLECTIVE_TIMEOUT_HOURS)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank()))
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
 
 
 def stop() -> None:
@@ -153,6 +164,16 @@ def mean_over_processes(x: Tensor) -> Tensor:
     reduced = x.detach().to(_collective_device(), torch.float64).clone()
     dist.all_reduce(reduced)
     return (reduced / world_size()).to(x.device, x.dtype)
+
+
+def agree(value, what: str) -> None:
+    """Raise on every process unless every process has the same `value` (a decision each made alone)."""
+    values = gather_objects(value)
+    if any(other != values[0] for other in values):
+        from pipeline.errors import StageError
+
+        raise StageError(f"the {len(values)} processes disagree on {what} ({', '.join(map(str, values))}); "
+                         f"on several machines every one must see the same files (a shared filesystem)")
 
 
 def gather_objects(value) -> list:

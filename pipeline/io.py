@@ -102,15 +102,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Every writer below comes here. Under torchrun with several processes (pipeline.distributed) every
-    process makes the same call: rank 0 alone writes, and all continue once the file is there."""
-    if distributed.launched() and not distributed.is_main():
-        distributed.barrier()
+    """Every writer below comes here. Under torchrun with several processes in one group (pipeline.distributed)
+    every process makes the same call: rank 0 alone writes, and all continue once the file is there, or all
+    raise rank 0's error."""
+    if not (distributed.launched() and distributed.active()):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
         return
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    if distributed.launched():
-        distributed.barrier()
+    failure = None
+    if distributed.is_main():
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+        except OSError as error:
+            failure = error
+    reported = distributed.gather_objects(None if failure is None else (failure.errno, failure.strerror))[0]
+    if failure is not None:
+        raise failure
+    if reported is not None:
+        raise OSError(reported[0], reported[1], str(path))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

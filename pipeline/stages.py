@@ -53,7 +53,8 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
     if method.couples_batch_rows and distributed.world_size() > 1 and progress:
         print(f"note: {method_name}'s loss couples the rows of a batch; each of the {distributed.world_size()} "
-              f"processes couples its own {settings.batch_size // distributed.world_size()}", file=sys.stderr)
+              f"processes couples its own {min(settings.batch_size, len(train_data)) // distributed.world_size()}",
+              file=sys.stderr)
     try:
         result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress,
                        precision=params.precision)

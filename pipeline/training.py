@@ -108,8 +108,9 @@ def _restore_global_rng(state: dict, device: torch.device, seed: int) -> None:
 def _global_batch(settings: TrainSettings, n: int) -> int:
     batch = min(settings.batch_size, n)
     if batch % distributed.world_size():
-        raise StageError(f"the batch of {batch} examples does not split evenly over {distributed.world_size()} "
-                         f"processes; make train.batch_size a multiple of the process count")
+        raise StageError(f"the batch of {batch} examples (train.batch_size, at most the training set) does not "
+                         f"split evenly over {distributed.world_size()} processes; make it a multiple of the "
+                         f"process count")
     return batch
 
 
@@ -135,7 +136,8 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
     snapshots: dict[int, dict[str, Tensor]] = {}
     start = 0
     checkpoint_path = Path(checkpoint_path)
-    if checkpoint_path.exists():
+    existed = checkpoint_path.exists()
+    if existed:
         state = load_checkpoint(checkpoint_path, identity)
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -149,7 +151,8 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         if progress and distributed.is_main():
             print(f"resuming from {checkpoint_path} at step {start}", file=sys.stderr)
 
-    saved_step = [start] if checkpoint_path.exists() else []
+    distributed.agree(start, f"the step to resume {checkpoint_path} from")  # a collective: every process
+    saved_step = [start] if existed else []
 
     def diverged(what: str, step: int) -> TrainingDiverged:
         kept = (f"the last good checkpoint {checkpoint_path} (step {saved_step[0]}) is kept"

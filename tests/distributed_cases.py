@@ -12,7 +12,7 @@ from pipeline.training import train
 
 #: every method trains; those whose loss couples a batch's rows train too, but match one process only in law
 METHOD_CASES = list(METHODS)
-SAMPLE_N, SAMPLE_BATCH = 50, 12   # five batches: two processes draw batches 0-1 and 2-4
+SAMPLE_N, SAMPLE_BATCH = 26, 6   # five batches: two processes draw batches 0-1 and 2-4
 NETWORK = NetworkSection(mlp=MLPSettings(hidden=16, depth=2, time_embedding=8),
                          unet=UNetSettings(channels=8, channel_mult=[1], num_res_blocks=1, norm_groups=4))
 

@@ -6,7 +6,8 @@
 `train`: every method of distributed_cases.METHOD_CASES (or METHOD) trains STEPS steps from the same seed
 (checkpoints under OUT, resumed where present), rank 0 saves its weights to OUT/<method>.pt; KILL: rank 1
 kills itself (SIGKILL) after that step. `sample`: every sampler of every method draws from an untrained
-network; rank 0 saves the samples and NFEs to OUT/samples.pt.
+network; rank 0 saves the samples and NFEs to OUT/samples.pt. `errors`: a failed write and a disagreement,
+which every process must raise.
 """
 
 from __future__ import annotations
@@ -34,10 +35,26 @@ def _killer(step: int):
     return on_step
 
 
+def _errors(out: Path) -> None:
+    """A write rank 0 cannot make, and a decision the processes disagree on: every process must raise."""
+    from pipeline.errors import StageError
+    from pipeline.io import write_text
+
+    (out / "file").write_text("")
+    for attempt, expected in ((lambda: write_text(out / "file" / "below", "x"), OSError),
+                              (lambda: distributed.agree(distributed.rank(), "the rank"), StageError)):
+        try:
+            attempt()
+        except expected as error:
+            print(f"<rank {distributed.rank()} raised {expected.__name__}: {type(error).__name__}>", flush=True)
+
+
 def main(task: str, out: Path, steps: int = 0, only: str | None = None, kill: int | None = None) -> None:
     distributed.start(torch.device("cpu"))
     try:
-        if task == "train":
+        if task == "errors":
+            _errors(out)
+        elif task == "train":
             from distributed_cases import METHOD_CASES
 
             for name in [only] if only else METHOD_CASES:

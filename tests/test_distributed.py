@@ -5,6 +5,7 @@ process's samples to the bit, for every sampler. The workers are tests/distribut
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(two_process_traini
 
 
 def test_two_processes_draw_one_process_samples_for_every_sampler(tmp_path):
-    """50 samples in batches of 12: one process draws batches 0-1, the other 2-4; gathered in index order."""
+    """26 samples in batches of 6: one process draws batches 0-1, the other 2-4; gathered in index order."""
     result = _torchrun("sample", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     two = torch.load(tmp_path / "samples.pt", weights_only=False)
@@ -89,6 +90,15 @@ def test_two_processes_draw_one_process_samples_for_every_sampler(tmp_path):
         samples, nfe = draw_samples(method, net, sampler, budget, SAMPLE_N, SAMPLE_BATCH, 11, torch.device("cpu"))
         assert np.array_equal(samples, two[(name, sampler)][0]), (name, sampler)
         assert nfe == two[(name, sampler)][1], (name, sampler)
+
+
+def test_a_failed_write_and_a_disagreement_raise_on_every_process(tmp_path):
+    """Rank 0 cannot write (the parent is a file) and the ranks disagree: no process is left waiting."""
+    result = _torchrun("errors", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    raised = sorted(re.findall(r"<rank (\d) raised (\w+): (\w+)>", result.stdout))
+    assert raised == [("0", "OSError", "FileExistsError"), ("0", "StageError", "StageError"),
+                      ("1", "OSError", "FileExistsError"), ("1", "StageError", "StageError")], result.stdout
 
 
 def test_shards_are_whole_batches_in_rank_order():
