@@ -5,7 +5,8 @@ description heads the report). Timings are measurements, not results: they are n
 `dvc repro` stays byte-identical, and the unit tests only run this at tiny sizes (no timed assertions).
 
 - sampler overhead: wall time of a sampler / (its NFE x one network forward at the same batch), the
-  forward timed on the sampler's own first call (an adaptive solver's is its float64 copy); the limit is 1.
+  forward timed on the sampler's own first call (an adaptive solver's is its float64 copy), each sampler
+  run timed back to back with NFE such forwards and the median of the pairs' ratios kept; the limit is 1.
 - trainer: steps per second of the bare loop (same net, batch, optimizer; no EMA, clipping or logging)
   over the one training loop's (pipeline.training), and a checkpoint's cost per step at checkpoint_every.
 - evaluation: exact W2, sliced W2, the FID feature pass and the ODE likelihood at params.yaml's sizes.
@@ -113,10 +114,29 @@ class _FirstForward:
     def __exit__(self, *exc):
         self.handle.remove()
 
-    def forward_seconds(self, repeats: int) -> float:
+    def forwards(self, calls: int) -> Callable[[], None]:
+        """`calls` forwards of the captured call, one after the other (as a sampler makes them)."""
         module, args = self.call
-        with torch.no_grad():
-            return median_seconds(lambda: module(*args), max(5, 3 * repeats))
+
+        def run() -> None:
+            with torch.no_grad():
+                for _ in range(calls):
+                    module(*args)
+
+        return run
+
+    def forward_seconds(self, repeats: int) -> float:
+        return median_seconds(self.forwards(1), max(5, 3 * repeats))
+
+
+def paired_ratio(numerator: Callable[[], object], denominator: Callable[[], object], repeats: int) -> float:
+    """The median over `repeats` pairs of numerator's time over denominator's, the two timed back to back (after
+    one warm-up pair), so that a change of the machine's speed within the run (another process, the clock)
+    moves both sides of each ratio alike."""
+    ratios = []
+    for _ in range(repeats + 1):
+        ratios.append(median_seconds(numerator, 1, warmup=0) / median_seconds(denominator, 1, warmup=0))
+    return statistics.median(ratios[1:])
 
 
 def _trained(params: Params, name: str, data: torch.Tensor, kind: str, steps: int, device):
@@ -158,9 +178,9 @@ def sampler_overheads(params: Params, data: torch.Tensor, kind: str, n: int, bud
             with _FirstForward(type(net)) as first:
                 result = draw()
             nfe = float(result.nfe)
-            wall = median_seconds(draw, repeats, warmup=0)
+            calls = max(1, round(nfe))  # an adaptive solver's mean NFE per sample is fractional
+            overhead = paired_ratio(draw, first.forwards(calls), repeats) * calls / nfe
             forward = first.forward_seconds(repeats)
-            overhead = wall / (nfe * forward)
             adaptive = run_budget is None
             limit = ADAPTIVE_OVERHEAD if adaptive else FIXED_STEP_OVERHEAD
             note = (f"NFE {nfe:.0f} (mean per sample), forward {1e3 * forward:.2f} ms at {n}; finished rows drop out, "

@@ -76,7 +76,7 @@ def test_every_benchmark_law_is_its_generator_s_law(name):
     arrays = prepare_toy(name, n_train=20000, n_test=20000, n_reference=1, seed=0)
     meta = json.loads(str(arrays["meta"]))
     law = exact_law(name, meta["mean"], meta["std"])
-    cells = torch.linspace(-4, 4, 401, dtype=torch.float64)
+    cells = torch.linspace(-4, 4, 201, dtype=torch.float64)  # smooth laws integrate to 1 within 3e-9 on it
     grid = torch.cartesian_prod(cells, cells)
     area = float(cells[1] - cells[0]) ** 2
     total = sum(float(law.log_prob(chunk).exp().sum()) for chunk in grid.split(2048)) * area
