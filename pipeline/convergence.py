@@ -165,7 +165,8 @@ def curve_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         cells["floor"] = f"{floors[dataset]:.3f}" if dataset in floors else "—"
         rows.append(cells)
         index.append(f"{dataset} / {method} ({sampler})")
-    return pd.DataFrame(rows, index=index)
+    steps = sorted({column for cells in rows for column in cells if column != "floor"}, key=int)
+    return pd.DataFrame(rows, index=index, columns=[*steps, "floor"]).fillna("—")  # a longer arm's steps
 
 
 def convergence_lines(frame: pd.DataFrame, source: str) -> list[str]:

@@ -180,3 +180,15 @@ def test_the_convergence_section_and_figure(tmp_path):
     save(convergence_figure(frame), tmp_path, "convergence")
     assert (tmp_path / "convergence.png").stat().st_size > 1000 and (tmp_path / "convergence.svg").exists()
     assert convergence_lines(frame[frame.method == "data"], "a test") == []
+
+
+def test_a_longer_arm_s_steps_come_in_order_before_the_floor():
+    """One curve studied to 20,000 steps and one to 1,000 (as the long arm of the study): the columns are the
+    steps in order, then the floor; the shorter curve's missing step is a dash."""
+    from pipeline.convergence import curve_table
+
+    short = _study_frame({500: [1.0, 1.1, 0.9], 1000: [0.3, 0.31, 0.29]}, {})
+    long = _study_frame({500: [1.0] * 3, 20000: [0.2] * 3}, {})
+    table = curve_table(pd.concat([short, long[long.method != "data"].assign(method="ddpm")]), "w2")
+    assert list(table.columns) == ["500", "1000", "20000", "floor"]
+    assert table.loc["moons / flow_matching (ode_euler)", "20000"] == "—"
