@@ -209,6 +209,15 @@ def test_the_overview_gives_each_data_sets_podium():
     assert row["#1"].startswith("**flow_matching: 0.200 ± ") and row["#1"].endswith("ode_euler (100)**")
     assert row["#2"].startswith("ddpm: 0.400") and row["#3"].startswith("vp_sde: 0.600")
     assert row["data floor"] == "0.100 ± 0.010"
+    assert row["#1 ahead of #2"] == "yes (paired test)"
+    one_seed = overview_table(_ranking_frame(), params.model_copy(update={"seeds": [0]}))
+    assert one_seed.iloc[0]["#1 ahead of #2"] == "untested (one seed)"
+    close = _ranking_frame()  # ddpm's DDIM at 100 NFE beside flow matching's 0.20, 0.21, 0.19: no sign of a lead
+    ddim = (close.method == "ddpm") & (close.sampler == "ddim-eta0.0-uniform")
+    close.loc[ddim, "value"] = close.loc[ddim, "seed"].map({0: 0.21, 1: 0.195, 2: 0.205}).to_numpy()
+    tied = overview_table(close, params).iloc[0]
+    assert tied["#1"].startswith("flow_matching") and not tied["#1"].startswith("**")
+    assert tied["#1 ahead of #2"] == "no (within the seeds' noise)"
 
 
 def test_a_diverged_entry_neither_wins_nor_hides_the_best():

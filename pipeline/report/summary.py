@@ -198,8 +198,10 @@ def reading_paragraph(params: Params) -> str:
             f"them, then the winning sampler and (its NFE); the line under the table gives the data floor and the "
             f"evaluation's own error at its sample size, the same for every cell. A **bold** cell beats the runner-up of its column by a one-sided paired t-test over seeds, "
             f"Holm-corrected within the table; the pick is made on the same seeds, so a best cell is slightly "
-            f"optimistic. The data floor is the metric between two real samples of the same size: no model can be "
-            f"expected below it. Then: has each model learned its data (modes, coverage), the figures, and the "
+            f"optimistic; the at-a-glance table says in words whether each first place is ahead of the second "
+            f"by that test. The data floor is the metric between two real samples of the same size: a model at "
+            f"the floor is as good as the metric can tell at that size (a little below it is the evaluation's "
+            f"noise, not a model better than the data). Then: has each model learned its data (modes, coverage), the figures, and the "
             f"details; every method x sampler x NFE is in `grid.md`, every number in `results.csv` and how it was "
             f"made in `protocol.csv`.")
 

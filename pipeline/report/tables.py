@@ -383,5 +383,16 @@ def overview_table(frame: pd.DataFrame, params: Params, places: int = 3) -> pd.D
                 row[f"#{place + 1}"] = f"**{text}**" if bold else text
             else:
                 row[f"#{place + 1}"] = "—"
-        rows.append(row | {"data floor": floor_text(frame, dataset, metric.name)})
+        rows.append(row | {"#1 ahead of #2": _lead(table, column, params),
+                           "data floor": floor_text(frame, dataset, metric.name)})
     return pd.DataFrame(rows)
+
+
+def _lead(table: pd.DataFrame, column: str, params: Params) -> str:
+    """Whether the first of a ranking is significantly ahead (its bold mark), said in words: a podium whose
+    first place is within the seeds' noise must not read as a winner."""
+    if len(params.seeds) < 2:
+        return "untested (one seed)"
+    if len(table) < 2 or not table["rank"].iloc[1]:
+        return "—"
+    return "yes (paired test)" if table[column].iloc[0].startswith("**") else "no (within the seeds' noise)"
