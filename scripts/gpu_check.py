@@ -31,7 +31,7 @@ from pipeline.config import load_params  # noqa: E402
 from pipeline.layout import resolve_device  # noqa: E402
 from pipeline.methods import build_method  # noqa: E402
 from pipeline import rng  # noqa: E402
-from pipeline.rng import SampleStreams  # noqa: E402
+from pipeline.stages import draw_samples  # noqa: E402
 from pipeline.training import train  # noqa: E402
 
 
@@ -93,12 +93,11 @@ def training_runs(device: torch.device, steps: int, tiny: bool) -> list[dict]:
                 synchronize(device)
                 elapsed = time.perf_counter() - start
             net.eval()
-            index = torch.arange(sample_batch, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                method.sample(net, "ddim-eta0.0-uniform", 2, sample_batch, SampleStreams(0, index), device)  # warm-up
-                synchronize(device)
-                start = time.perf_counter()
-                method.sample(net, "ddim-eta0.0-uniform", budget, sample_batch, SampleStreams(0, index), device)
+            # the sample stage's own entry point (its per-sample streams and autocast), warmed up first
+            draw_samples(method, net, "ddim-eta0.0-uniform", 2, sample_batch, sample_batch, 0, device, precision)
+            synchronize(device)
+            start = time.perf_counter()
+            draw_samples(method, net, "ddim-eta0.0-uniform", budget, sample_batch, sample_batch, 0, device, precision)
             synchronize(device)
             sampling = time.perf_counter() - start
             rows.append({"method": name, "precision": precision, "steps": steps, "batch": batch,
