@@ -94,7 +94,7 @@ def local_rank() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0: the process that writes and evaluates."""
+    """Rank 0: the process that writes the files and prints (every process computes the whole stage)."""
     return rank() == 0
 
 

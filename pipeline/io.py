@@ -105,7 +105,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Every writer below comes here. Under torchrun with several processes in one group (pipeline.distributed)
     every process makes the same call: rank 0 alone writes, and all continue once the file is there, or all
     raise rank 0's error."""
-    if not (distributed.launched() and distributed.active()):
+    if not distributed.active():
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
         return
@@ -114,9 +114,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         try:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
-        except OSError as error:
+        except Exception as error:  # any failure: the others must not wait for a file that never comes
             failure = error
-    reported = distributed.gather_objects(None if failure is None else (failure.errno, failure.strerror))[0]
+    reported = distributed.gather_objects(None if failure is None else (getattr(failure, "errno", None),
+                                                                        str(getattr(failure, "strerror", None)
+                                                                            or failure)))[0]
     if failure is not None:
         raise failure
     if reported is not None:

@@ -28,7 +28,7 @@ from pipeline.nets import autocast
 from pipeline.rng import SampleStreams
 from pipeline.samplers import flow_trajectory
 from pipeline.store import load_model, reflow_settings, save_model, trained_steps
-from pipeline.training import train
+from pipeline.training import global_batch, train
 
 
 # ---------------------------------------------------------------- train
@@ -51,10 +51,10 @@ def run_train(root: Path, params: Params, method_name: str, dataset: str, seed: 
     net = method.make_network(params.network)  # initialisation drawn from the stage's seed
     train_data = method.training_data(torch.from_numpy(data.train))
     checkpoint = root / "checkpoints" / method_name / dataset / f"seed{seed}-{identity}.pt"
-    if method.couples_batch_rows and distributed.world_size() > 1 and progress:
+    if method.couples_batch_rows and distributed.world_size() > 1 and distributed.is_main():
+        first, last = distributed.shard(global_batch(settings, len(train_data)))
         print(f"note: {method_name}'s loss couples the rows of a batch; each of the {distributed.world_size()} "
-              f"processes couples its own {min(settings.batch_size, len(train_data)) // distributed.world_size()}",
-              file=sys.stderr)
+              f"processes couples its own {last - first}", file=sys.stderr)
     try:
         result = train(net, method.loss, train_data, settings, stage_seed, checkpoint, identity, device, progress,
                        precision=params.precision)

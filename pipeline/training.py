@@ -105,7 +105,9 @@ def _restore_global_rng(state: dict, device: torch.device, seed: int) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-def _global_batch(settings: TrainSettings, n: int) -> int:
+def global_batch(settings: TrainSettings, n: int) -> int:
+    """The examples of one step over all processes: train.batch_size, at most the training set, a multiple of
+    the process count (one-line error otherwise)."""
     batch = min(settings.batch_size, n)
     if batch % distributed.world_size():
         raise StageError(f"the batch of {batch} examples (train.batch_size, at most the training set) does not "
@@ -182,7 +184,7 @@ def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, torch.Generator]
         bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", file=sys.stderr,
                    dynamic_ncols=True, mininterval=1.0)
     n = data.shape[0]
-    batch = _global_batch(settings, n)
+    batch = global_batch(settings, n)
     rows = distributed.shard(batch)
     model = distributed.data_parallel(net, device)  # net itself in one process
     parameters = list(net.parameters())  # walking the module tree every step cost ~10% of a small MLP's step
