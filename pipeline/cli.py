@@ -98,8 +98,9 @@ def _check_names(params, method: str | None = None, dataset: str | None = None, 
         _fail(f"--seed {seed} is not in params.yaml's seeds ({', '.join(map(str, params.seeds))})", 2)
 
 
-def _in_processes(params, command: list[str], work) -> None:
-    """Run work(show) in params.yaml's nproc_per_node processes, `show` true on the one that prints.
+def _in_processes(params, command: list[str], steps) -> None:
+    """Run each step(show) -> the path it wrote, in order, in params.yaml's nproc_per_node processes; `show` is
+    true on the one that prints (progress bars, and a "wrote <path>" line per step).
 
     Started by torchrun already (WORLD_SIZE set): join its process group and work here, whatever
     nproc_per_node says, so a stage runs unchanged under `torchrun --nproc_per_node=N -m pipeline ...`.
@@ -130,7 +131,11 @@ def _in_processes(params, command: list[str], work) -> None:
 
     distributed.start(resolve_device(params.device))
     try:
-        work(distributed.is_main())
+        show = distributed.is_main()
+        for step in steps:
+            path = step(show)
+            if show:
+                typer.echo(f"wrote {path}")
     finally:
         distributed.stop()
 
@@ -190,13 +195,8 @@ def train(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedOp
 
     def action(params):
         _check_names(params, method, dataset, seed)
-
-        def work(show):
-            path = run_train(_state["root"], params, method, dataset, seed, progress and show)
-            if show:
-                typer.echo(f"wrote {path}")
-
-        _in_processes(params, ["train", *_identify(method, dataset, seed, progress)], work)
+        _in_processes(params, ["train", *_identify(method, dataset, seed, progress)],
+                      [lambda show: run_train(_state["root"], params, method, dataset, seed, progress and show)])
 
     _run(action)
 
@@ -218,17 +218,11 @@ def run_command(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = 
         _check_names(params, method, dataset, seed, derived=True)
         root = _state["root"]
         make = run_reflow if params.is_derived(method) else run_train
-
-        def work(show):
-            for step in (lambda: make(root, params, method, dataset, seed, progress and show),
-                         lambda: run_sample(root, params, method, dataset, seed, progress and show),
-                         lambda: run_evaluate(root, params, method, dataset, seed),
-                         lambda: run_convergence(root, params, method, dataset, seed, progress and show)):
-                path = step()
-                if show:
-                    typer.echo(f"wrote {path}")
-
-        _in_processes(params, ["run", *_identify(method, dataset, seed, progress)], work)
+        _in_processes(params, ["run", *_identify(method, dataset, seed, progress)],
+                      [lambda show: make(root, params, method, dataset, seed, progress and show),
+                       lambda show: run_sample(root, params, method, dataset, seed, progress and show),
+                       lambda show: run_evaluate(root, params, method, dataset, seed),
+                       lambda show: run_convergence(root, params, method, dataset, seed, progress and show)])
 
     _run(action)
 
@@ -245,13 +239,8 @@ def reflow(method: str = typer.Option(..., "--method", "-m", help="A method para
             derived = [name for name in params.evaluated_methods() if params.is_derived(name)]
             _fail(f"--method {method!r} is not made by params.yaml's reflow ({', '.join(derived) or 'empty'})", 2)
         _check_names(params, dataset=dataset, seed=seed)
-
-        def work(show):
-            path = run_reflow(_state["root"], params, method, dataset, seed, progress and show)
-            if show:
-                typer.echo(f"wrote {path}")
-
-        _in_processes(params, ["reflow", *_identify(method, dataset, seed, progress)], work)
+        _in_processes(params, ["reflow", *_identify(method, dataset, seed, progress)],
+                      [lambda show: run_reflow(_state["root"], params, method, dataset, seed, progress and show)])
 
     _run(action)
 
@@ -264,13 +253,8 @@ def sample(method: str = MethodOpt, dataset: str = DatasetOpt, seed: int = SeedO
 
     def action(params):
         _check_names(params, method, dataset, seed, derived=True)
-
-        def work(show):
-            path = run_sample(_state["root"], params, method, dataset, seed, progress and show)
-            if show:
-                typer.echo(f"wrote {path}")
-
-        _in_processes(params, ["sample", *_identify(method, dataset, seed, progress)], work)
+        _in_processes(params, ["sample", *_identify(method, dataset, seed, progress)],
+                      [lambda show: run_sample(_state["root"], params, method, dataset, seed, progress and show)])
 
     _run(action)
 

@@ -137,6 +137,19 @@ class Params(Strict):
         object.__setattr__(self, "reflow", validated)
         return self
 
+    @model_validator(mode="after")
+    def _known_claim_metrics(self) -> "Params":
+        """A claim's metric is "quality" or a metric of the table with a direction; a claim whose methods this run leaves out
+        is not an error (the summary says it was not tested), so a narrowed sweep keeps the default claims."""
+        from pipeline.metric_table import METRICS
+
+        names = sorted({metric.name for metric in METRICS if metric.lower_is_better is not None})
+        for index, claim in enumerate(self.report.claims):
+            if claim.metric != "quality" and claim.metric not in names:
+                raise ValueError(f"report.claims[{index}].metric: unknown metric {claim.metric!r}; accepted: "
+                                 f"quality, {', '.join(names)}")
+        return self
+
     def method_config(self, name: str) -> MethodConfig:
         """The params.yaml section of a method; a derived method shares its source's."""
         return self.methods[self.source_method(name)]

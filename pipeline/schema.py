@@ -215,10 +215,33 @@ class EvaluateSection(Strict):
     image: ImageEvaluateSettings = ImageEvaluateSettings()
 
 
+class ClaimSide(Strict):
+    """One side of a claim: a method's rows of results.csv, narrowed to a sampler and an NFE where given (a
+    path metric such as straightness has one row per seed and needs neither)."""
+
+    method: str = Field(min_length=1)
+    sampler: str | None = Field(None, min_length=1)
+    nfe: PositiveInt | None = None
+
+
+class Claim(Strict):
+    """A paper's qualitative claim, tested on the run (pipeline.report.claims): `better` scores better than
+    `worse` on `metric` by a one-sided paired t-test over training seeds, Holm-corrected over a data set's
+    claims. metric "quality" is the data set's ranked metric (W2 on 2-D sets, FID on images)."""
+
+    paper: str = Field(min_length=1)
+    claim: str = Field(min_length=1)
+    metric: str = Field("quality", min_length=1)
+    better: ClaimSide
+    worse: ClaimSide
+
+
 class ReportSection(Strict):
     headline_nfe: PositiveInt = 100
     #: the summary's ranking: each method at its best sampler within each of these NFE budgets (null: any)
     rank_budgets: list[PositiveInt | None] = Field(default_factory=lambda: [10, 100, None], min_length=1)
+    #: the papers' claims the summary tests on this run's seeds (none: no such section)
+    claims: list[Claim] = []
 
 
 class MlflowSection(Strict):

@@ -15,6 +15,14 @@ from pipeline.metrics import w2_exact  # noqa: E402
 from pipeline.oracle import oracle_mixture  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """Files with slow tests (the DVC runs of test_pipeline*.py) first, each file's order kept: with the
+    suite split over processes by file (pyproject's `-n auto --dist loadfile`), the longest file starts at
+    once instead of last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def mixture():
     return oracle_mixture()

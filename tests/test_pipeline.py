@@ -1,143 +1,46 @@
-"""The whole DVC pipeline on the smoke profile, in a temporary copy of the repository.
+"""The whole DVC pipeline on the 2-D smoke profile, in a temporary copy of the repository (the image
+profile's run: tests/test_pipeline_images.py).
 
 Checks the outputs a user reads, MLflow as a view of them, and determinism: `dvc repro --force`
 gives a byte-identical results.csv.
 """
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import open_page
-from pipeline.benchmark import copy_repository
-from pipeline.data import DATASETS
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(args, cwd, **extra_env):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_NUM_THREADS")}
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_LOGGING_LEVEL="WARNING", PYTHONUNBUFFERED="1", **extra_env)
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def _repo_with_profile(root: Path, profile: str, **extra_env) -> Path:
-    """A temporary copy of the repository whose params.yaml is `profiles/<profile>.yaml`, after `dvc repro`."""
-    copy_repository(root, REPO / "profiles" / f"{profile}.yaml")
-    _run(["dvc", "repro"], root, **extra_env)
-    return root
+from pipeline_runs import check_comparison, check_report_page, repo_with_profile, run_dvc
 
 
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory):
     # two threads for certain, so that the forced rerun on one thread compares two counts (pipeline.threads)
-    return _repo_with_profile(tmp_path_factory.mktemp("smoke"), "smoke", PIPELINE_NUM_THREADS="2")
-
-
-@pytest.fixture(scope="module")
-def image_repo(tmp_path_factory):
-    return _repo_with_profile(tmp_path_factory.mktemp("smoke_images"), "smoke_images")
+    return repo_with_profile(tmp_path_factory.mktemp("smoke"), "smoke", PIPELINE_NUM_THREADS="2")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("repo_fixture", ["smoke_repo", "image_repo"])
-def test_smoke_pipeline_writes_the_comparison(repo_fixture, request):
-    smoke_repo = request.getfixturevalue(repo_fixture)
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
-    results = pd.read_csv(smoke_repo / "reports" / "results.csv")
-    assert list(results.columns) == ["dataset", "method", "sampler", "nfe", "seed", "metric", "value"]
-    assert set(results.dataset) == set(params["datasets"])
-    assert set(params["methods"]) <= set(results.method)
-    images = [name for name in params["datasets"] if DATASETS[name] == "image"]
-    assert ((results.method == "data") & (results.metric == "w2")).sum() == len(params["datasets"]) - len(images)
-    assert ((results.method == "data") & (results.metric == "fid")).sum() == len(images)
-    for name in images:  # FID, KID, bits/dim and sliced W2 for every method on every image set
-        sub = results[(results.dataset == name) & (results.method.isin(params["methods"]))]
-        assert {"fid", "kid", "precision", "recall", "nll_bpd", "sliced_w2"} <= set(sub.metric)
-        assert set(params["methods"]) <= set(sub[sub.metric == "fid"].method)
-    w2 = results[(results.metric == "w2") & (results.method != "data")]
-    assert w2.value.notna().all() and (w2.value > 0).all()
-    for source in params.get("reflow") or {}:
-        assert f"{source}_2" in set(results.method)
-    # the crossed table (issue 12): every sampler each method's table offers is run and scored
-    from pipeline.config import load_params
-    from pipeline.methods import build_method
-
-    loaded = load_params(smoke_repo / "params.yaml")
-    shape = (1, 8, 8) if images else (2,)
-    for name, config in loaded.methods.items():
-        offered = set(build_method(name, config, shape).samplers)
-        scored = set(results[(results.method == name) & results.metric.isin(["w2", "fid"])].sampler)
-        assert offered <= scored, (name, offered - scored)
-    assert {"dpm_solver_pp_2m", "ddim-eta0.0-uniform"} <= set(results[results.method == "flow_matching"].sampler)
-    summary = (smoke_repo / "reports" / "summary.md").read_text()
-    grid = (smoke_repo / "reports" / "grid.md").read_text()
-    assert "ddpm / ancestral_beta" in grid and "flow_matching / ode_heun" in grid  # every sampler: grid.md
-    # the summary opens with a ranking per data set, every evaluated method in it (issue 15)
-    assert summary.index("## Which method wins, per data set") < summary.index("## Figures")
-    for name in params["datasets"]:
-        section = summary[summary.index(f"### {name}: "):]
-        section = section[:section.index("Data floor")]
-        assert all(f"| {method} " in section for method in loaded.evaluated_methods()), section
-    # every metric comes from the one table, and the summary's glossary lists each one
-    from pipeline import metric_table
-
-    unknown = {(m, d) for m, d in zip(results.metric, results.dataset) if not metric_table.known(m, DATASETS[d])}
-    assert not unknown, unknown
-    glossary = summary[summary.index("## Metrics"):]
-    assert all(f"| {m} " in glossary for m in set(results.metric) if not m.endswith("_sd"))
-    for figure in ("quality_vs_nfe", "loss_curves", *(f"samples_{name}" for name in params["datasets"]),
-                   *(f"quality_{name}" for name in params["datasets"])):
-        for suffix in (".png", ".svg"):
-            assert (smoke_repo / "reports" / "figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
-    # DDPM's bound beside its probability-flow ODE likelihood
-    assert (smoke_repo / "reports" / "figures" / "nll_bound_vs_ode.png").exists()
-    headline = json.loads((smoke_repo / "reports" / "headline.json").read_text())
-    assert set(headline) == set(params["datasets"])
-    curves = pd.read_csv(smoke_repo / "reports" / "quality_vs_nfe.csv")
-    assert set(curves.method) == set(loaded.evaluated_methods())
+def test_smoke_pipeline_writes_the_comparison(smoke_repo):
+    check_comparison(smoke_repo)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("repo_fixture", ["smoke_repo", "image_repo"])
-def test_the_report_page_opens_in_a_browser_with_every_table_and_figure(repo_fixture, request, browser):
-    repo = request.getfixturevalue(repo_fixture)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    page, problems = open_page(browser, repo / "reports" / "index.html")
-    assert problems == []
-    figures = sorted(p.name for p in (repo / "reports" / "figures").glob("*.png"))
-    shown = sorted(page.evaluate("Array.from(document.images).map(i => i.alt)"))
-    assert len(shown) == len(figures), (shown, figures)  # every figure once: the overview, the cards, the rest
-    # the first screen: each data set's podium and the quality-vs-NFE panels; then a card per data set
-    overview = page.locator("#overview")
-    assert overview.locator("tbody tr").count() == len(params["datasets"])
-    box = overview.locator("img").bounding_box()
-    assert box["y"] + box["height"] <= 1000, box
-    for name in params["datasets"]:
-        card = page.locator(f"section#{name}")
-        assert card.locator("tbody tr").count() >= len(params["methods"]) and card.locator("img").count() == 1
-    assert page.locator("#protocol table tbody tr").count() > 0
-    page.screenshot(path=str(repo / "reports" / "index_screenshot.png"))
-    page.close()
+def test_the_report_page_opens_in_a_browser_with_every_table_and_figure(smoke_repo, browser):
+    check_report_page(smoke_repo, browser)
 
 
 @pytest.mark.slow
 def test_dvc_shows_the_headline_numbers_and_the_curves(smoke_repo):
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
+    metrics = json.loads(run_dvc(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
     assert "reports/headline.json" in json.dumps(metrics)
-    plots = json.loads(_run(["dvc", "plots", "show", "--json"], smoke_repo).stdout)["data"]
+    plots = json.loads(run_dvc(["dvc", "plots", "show", "--json"], smoke_repo).stdout)["data"]
     assert "reports/quality_vs_nfe.csv" in plots and any(key.startswith("metrics/train/") for key in plots)
     spec = json.dumps(plots["reports/quality_vs_nfe.csv"])
     assert '"nfe"' in spec and '"mean"' in spec  # the curve's data points, x and y
-    readme = _run(["pipeline", "report", "--readme"], smoke_repo)
+    readme = run_dvc(["pipeline", "report", "--readme"], smoke_repo)
     assert "README.md" in readme.stdout
     from pipeline.report.readme import readme_block, results_block
 
@@ -151,9 +54,9 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
 
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     uri = f"sqlite:///{smoke_repo / 'mlflow.db'}"
-    quick = _run(["pipeline", "publish"], smoke_repo)  # the same state again: the ledger's quick exit
+    quick = run_dvc(["pipeline", "publish"], smoke_repo)  # the same state again: the ledger's quick exit
     assert "(already published)" in quick.stdout
-    _run(["pipeline", "publish", "--force"], smoke_repo)  # the store itself says so too: nothing new
+    run_dvc(["pipeline", "publish", "--force"], smoke_repo)  # the store itself says so too: nothing new
     client = mlflow.tracking.MlflowClient(uri)
     experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
     runs = client.search_runs([experiment.experiment_id])
@@ -190,7 +93,7 @@ def test_mlflow_is_a_complete_view_and_publishing_is_idempotent(smoke_repo):
 
 
 @pytest.mark.slow
-def test_the_convergence_section_comes_from_the_runs_snapshots_or_the_kept_study(smoke_repo, image_repo):
+def test_the_convergence_section_comes_from_the_runs_snapshots(smoke_repo):
     convergence = pd.read_csv(smoke_repo / "reports" / "convergence.csv")
     runs = convergence[convergence.method != "data"]
     assert set(runs.method) == {"flow_matching"} and sorted(runs.step.unique()) == [100, 200]
@@ -198,9 +101,6 @@ def test_the_convergence_section_comes_from_the_runs_snapshots_or_the_kept_study
     summary = (smoke_repo / "reports" / "summary.md").read_text()
     assert "## Convergence" in summary and "this run's `train.snapshots`" in summary
     assert (smoke_repo / "reports" / "figures" / "convergence.png").exists()
-    # a profile without snapshots shows the study kept under reports/studies/
-    kept = (REPO / "reports" / "studies" / "convergence.csv").exists()
-    assert ("profiles/convergence.yaml" in (image_repo / "reports" / "summary.md").read_text()) == kept
 
 
 @pytest.mark.slow
@@ -214,7 +114,7 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
-    _run(["dvc", "repro", "--force"], smoke_repo, PIPELINE_NUM_THREADS="1")
+    run_dvc(["dvc", "repro", "--force"], smoke_repo, PIPELINE_NUM_THREADS="1")
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
     assert all((smoke_repo / "reports" / name).read_bytes() == content for name, content in others.items())
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
@@ -222,31 +122,42 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     assert (smoke_repo / "dvc.lock").read_text() == lock_before
 
 
+def _flat(tree, prefix=()):
+    """A metrics file's nested sampler -> NFE -> metric values as {(sampler, nfe, metric): value}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {key: value for name, sub in tree.items() for key, value in _flat(sub, (*prefix, name)).items()}
+
+
 @pytest.mark.slow
 def test_the_sample_batch_size_changes_no_number(smoke_repo, tmp_path):
-    """Per-sample random streams and per-sample step control (issue 11): results.csv at `sample.batch_size` 37
-    (13.5 batches of the 500 samples) equals the smoke run's at 10,000 to the 4th significant digit."""
+    """Per-sample random streams and per-sample step control (issue 11), end to end through the run stage:
+    at `sample.batch_size` 37 (13.5 batches of the 500 samples) every metric of DDPM (its chains, Analytic-DPM,
+    the variational bound) and the VP SDE (reverse SDE, predictor-corrector, DDIM and DPM-Solver++ on its
+    path, the probability-flow ODE and its likelihood) equals the smoke run's at 10,000 to the 4th significant
+    digit. Every other sampler is held to the same by tests/test_streams.py without the pipeline."""
     copy = tmp_path / "copy"
     shutil.copytree(smoke_repo, copy, symlinks=True)
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["sample"]["batch_size"] = 37
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["dvc", "repro", "report"], copy)  # (not publish: MLflow is not what this checks)
-    keys = ["dataset", "method", "sampler", "nfe", "seed", "metric"]
-    before = pd.read_csv(smoke_repo / "reports" / "results.csv").set_index(keys).value
-    after = pd.read_csv(copy / "reports" / "results.csv").set_index(keys).value
-    assert before.index.equals(after.index)
-    relative = ((after - before).abs() / before.abs().clip(lower=1e-12)).fillna(0)
-    assert relative.max() < 5e-4, relative.sort_values().tail(5)
-    protocol = pd.read_csv(copy / "reports" / "protocol.csv")
-    assert list(protocol.columns[:6]) == keys and len(protocol) == len(after)
+    (dataset,) = params["datasets"]
+    methods = ("ddpm", "vp_sde")
+    run_dvc(["dvc", "repro", "--single-item", *(f"run@{method}-{dataset}-0" for method in methods)], copy)
+    for method in methods:
+        name = Path("metrics") / method / dataset / "seed0.json"
+        before = _flat(json.loads((smoke_repo / name).read_text()))
+        after = _flat(json.loads((copy / name).read_text()))
+        assert before.keys() == after.keys() and len(before) > 50, method
+        relative = {key: abs(after[key] - value) / max(abs(value), 1e-12) for key, value in before.items()}
+        assert max(relative.values()) < 5e-4, sorted(relative.items(), key=lambda item: item[1])[-5:]
 
 
 def _stale_stages(repo: Path) -> set[str]:
     """Stages whose recorded dependencies changed (`dvc status`), without the always-run publish."""
     import json
 
-    status = json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}")
+    status = json.loads(run_dvc(["dvc", "status", "--json"], repo).stdout or "{}")
     return {name for name, changes in status.items() if changes != ["always changed"]}
 
 
@@ -299,9 +210,9 @@ def _committed_clone(smoke_repo: Path, root: Path) -> Path:
     reports/) committed to git."""
     source = root / "source"
     shutil.copytree(smoke_repo, source, symlinks=True)
-    _run(["git", "add", "-A"], source)
-    _run(["git", "add", "-f", "metrics", "reports"], source)  # cache: false outputs live in git
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "smoke run"], source)
+    run_dvc(["git", "add", "-A"], source)
+    run_dvc(["git", "add", "-f", "metrics", "reports"], source)  # cache: false outputs live in git
+    run_dvc(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "smoke run"], source)
     return source
 
 
@@ -311,19 +222,19 @@ def test_a_dvc_remote_restores_the_outputs_in_a_fresh_clone(smoke_repo, tmp_path
     there but the always-run publish stage (a view of the outputs); `dvc exp show` on the committed run."""
     source = _committed_clone(smoke_repo, tmp_path)
     # dvc exp show lists the headline numbers of the committed run (issue 15)
-    experiments = json.loads(_run(["dvc", "exp", "show", "--json"], source).stdout)
+    experiments = json.loads(run_dvc(["dvc", "exp", "show", "--json"], source).stdout)
     assert "reports/headline.json" in experiments[0]["data"]["metrics"]
-    _run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], source)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qam", "remote"], source)
-    _run(["dvc", "push"], source)
+    run_dvc(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], source)
+    run_dvc(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qam", "remote"], source)
+    run_dvc(["dvc", "push"], source)
     clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(source), str(clone)], tmp_path)
+    run_dvc(["git", "clone", "-q", str(source), str(clone)], tmp_path)
     assert not (clone / "models").exists()
-    _run(["dvc", "pull"], clone)
+    run_dvc(["dvc", "pull"], clone)
     assert (clone / "models").exists() and (clone / "samples").exists()
-    status = json.loads(_run(["dvc", "status", "--json"], clone).stdout)
+    status = json.loads(run_dvc(["dvc", "status", "--json"], clone).stdout)
     assert set(status) == {"publish"}, status  # always_changed; every other stage is up to date
-    dry = _run(["dvc", "repro", "--dry"], clone).stdout
+    dry = run_dvc(["dvc", "repro", "--dry"], clone).stdout
     assert "Running stage 'publish'" in dry and "Running stage 'run@" not in dry, dry
 
 
@@ -336,7 +247,7 @@ def test_an_mlflow_server_on_postgresql_receives_the_runs(smoke_repo, mlflow_pos
     copy = tmp_path / "copy"
     shutil.copytree(smoke_repo, copy, symlinks=True)
     shutil.rmtree(copy / ".pipeline", ignore_errors=True)
-    _run(["pipeline", "publish"], copy, MLFLOW_TRACKING_URI=mlflow_postgres_server)
+    run_dvc(["pipeline", "publish"], copy, MLFLOW_TRACKING_URI=mlflow_postgres_server)
     params = yaml.safe_load((copy / "params.yaml").read_text())
     client = mlflow.MlflowClient(mlflow_postgres_server)
     experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])

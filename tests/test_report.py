@@ -1,7 +1,6 @@
 """The summary's check of every 2-D sampler at its largest budget against the data floor."""
 
 import pandas as pd
-import pytest
 
 from pipeline.config import Params
 from pipeline.report.results import COLUMNS

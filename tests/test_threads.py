@@ -24,26 +24,39 @@ def test_a_core_counts_as_free_when_at_most_a_quarter_of_it_is_taken():
 @pytest.mark.skipif(threads._machine_busy_seconds() is None or threads._usable_cores() < 2,
                     reason="needs /proc/stat and two cores")
 def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
-    """Relative to whatever else the machine runs (CI may be busy): one more CPU-bound process adds about a
-    core to what the governor measures, and poll() sets the count that measurement leaves free."""
+    """Relative to whatever else the machine runs (CI may be busy, the suite's other pytest process is): one
+    more CPU-bound process adds about a core to what the governor measures, and poll() sets the count that
+    measurement leaves free. The others' load moves between the two readings, so up to three tries."""
     governor = threads.ThreadGovernor(interval=0.5, cores=2)
     before = torch.get_num_threads()
-    time.sleep(0.6)
-    quiet = governor.others_busy()
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.2)
-        governor.others_busy()  # start the interval once the other process runs
+    cores = threads._usable_cores()
+    tries = []
+    for _ in range(3):
         time.sleep(0.6)
-        loaded = governor.others_busy()
-        time.sleep(0.6)
-        governor.poll()
-        assert torch.get_num_threads() == threads.free_cores(governor.last_busy, 2) == 1
-    finally:
-        busy.kill()
-        busy.wait()
-        torch.set_num_threads(before)
-    assert loaded - quiet > 0.5, (quiet, loaded)
+        quiet = governor.others_busy()
+        if quiet > cores - 0.75:  # e.g. a test of the other pytest process runs two processes of its own
+            tries.append((quiet, None))
+            continue
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.2)
+            governor.others_busy()  # start the interval once the other process runs
+            time.sleep(0.6)
+            loaded = governor.others_busy()
+            time.sleep(0.6)
+            governor.poll()
+            assert torch.get_num_threads() == threads.free_cores(governor.last_busy, 2) == 1
+        finally:
+            busy.kill()
+            busy.wait()
+            torch.set_num_threads(before)
+        tries.append((quiet, loaded))
+        if loaded - quiet > 0.5:
+            return
+    if all(loaded is None for _, loaded in tries):
+        pytest.skip(f"other processes kept {min(q for q, _ in tries):.2f} or more of {cores} cores busy: one more "
+                    f"cannot add a core to measure")
+    raise AssertionError(f"one more busy process never added half a core (quiet, loaded): {tries}")
 
 
 @pytest.mark.parametrize("hidden, depth, time_embedding", [(128, 3, 32), (32, 2, 16)])  # default and smoke MLPs

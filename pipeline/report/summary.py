@@ -9,6 +9,7 @@ from pipeline.config import Params
 from pipeline.convergence import convergence_lines
 from pipeline.data import DATASETS
 from pipeline.metric_table import METRICS
+from pipeline.report.claims import claim_lines
 from pipeline.report.results import ORACLE_STUDY
 from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_label, budget_table, floor_line, floor_ratio_table,
                                     floor_text, headline_table, learned_table, mode_table, path_table,
@@ -210,8 +211,8 @@ def summary_parts(frame: pd.DataFrame, params: Params, figures: list[tuple[str, 
                   oracle: pd.DataFrame | None = None,
                   convergence: tuple[pd.DataFrame, str] | None = None) -> tuple[str, str]:
     """reports/summary.md in two parts: the opening (title, how to read it, the rankings and floors) and the
-    rest (the learned and mode checks, the floor check, convergence, images, figures, glossary); index.html
-    draws the opening its own way and renders the rest."""
+    rest (the papers' claims tested, the learned and mode checks, the floor check, convergence, images,
+    figures, glossary); index.html draws the opening its own way and renders the rest."""
     opening = ["# Benchmark summary", "",
                f"Methods: {', '.join(params.evaluated_methods())}. Data sets: {', '.join(params.datasets)}. "
                f"Seeds: {', '.join(map(str, params.seeds))}. {_trained_steps_line(params)}", "",
@@ -221,7 +222,8 @@ def summary_parts(frame: pd.DataFrame, params: Params, figures: list[tuple[str, 
         opening += ["## At a glance", "", overview.to_markdown(index=False), ""]
     opening += ranking_lines(frame, params)
     opening += ["![quality against NFE](figures/quality_vs_nfe.png)", ""]
-    rest = learned_lines(frame, params, None if convergence is None else convergence[0])
+    rest = claim_lines(frame, params)
+    rest += learned_lines(frame, params, None if convergence is None else convergence[0])
     rest += mode_lines(frame, params)
     rest += floor_check_lines(frame, params, oracle)
     if convergence is not None:

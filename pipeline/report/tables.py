@@ -292,7 +292,8 @@ def ranking_table(frame: pd.DataFrame, params: Params, dataset: str) -> pd.DataF
             cells.setdefault(method, {})[column] = f"{interval_text(best.values)} {best.sampler} ({best.nfe_label})"
             per_seed.setdefault(column, {})[method] = best.values
     columns = [budget_label(b) for b in budgets]
-    for column, method in best_entries(per_seed, {c: metric.lower_is_better for c in columns}).items():
+    winners = best_entries(per_seed, {c: metric.lower_is_better for c in columns})
+    for column, method in winners.items():
         cells[method][column] = f"**{cells[method][column]}**"
     order = ranking_column(params)
 
@@ -305,6 +306,7 @@ def ranking_table(frame: pd.DataFrame, params: Params, dataset: str) -> pd.DataF
     table = pd.DataFrame([[cells[m].get(c, "—") for c in columns] for m in methods], columns=columns)
     table.insert(0, "method", methods)
     table.insert(0, "rank", [str(i + 1) if math.isfinite(mean(m)) else "" for i, m in enumerate(methods)])
+    table.attrs["winners"] = winners  # {column: method} of the paired test, for readers other than the bold mark
     return table
 
 
@@ -389,10 +391,11 @@ def overview_table(frame: pd.DataFrame, params: Params, places: int = 3) -> pd.D
 
 
 def _lead(table: pd.DataFrame, column: str, params: Params) -> str:
-    """Whether the first of a ranking is significantly ahead (its bold mark), said in words: a podium whose
-    first place is within the seeds' noise must not read as a winner."""
+    """Whether the first of a ranking is significantly ahead (ranking_table's paired-test winners), said in
+    words: a podium whose first place is within the seeds' noise must not read as a winner."""
     if len(params.seeds) < 2:
         return "untested (one seed)"
     if len(table) < 2 or not table["rank"].iloc[1]:
         return "—"
-    return "yes (paired test)" if table[column].iloc[0].startswith("**") else "no (within the seeds' noise)"
+    ahead = table.attrs["winners"].get(column) == table.method.iloc[0]
+    return "yes (paired test)" if ahead else "no (within the seeds' noise)"
