@@ -107,21 +107,24 @@ def _box_muller(bits: Tensor, wide: bool) -> Tensor:
 
 class RowShard:
     """Rows start..stop-1 of every per-row draw of a global batch of `rows`, from a torch.Generator that every
-    process of a data-parallel run holds in the same state (pipeline.distributed): a draw with the shard's
-    row count as its first dimension is made for all `rows` and sliced, any other draw is made whole. So
-    each process draws exactly its rows of what one process would draw for the global batch, and the
-    generators stay in lock-step. (A loss that couples its rows, like minibatch OT or PFGM's field of the
-    batch, couples each process's rows only.)"""
+    process of a data-parallel run holds in the same state (pipeline.distributed): a per-row draw (the
+    default of every draw below; its first dimension is the shard's rows) is made for all `rows` and sliced,
+    a draw made with per_row=False is made whole. So each process draws exactly its rows of what one process
+    would draw for the global batch, and the generators stay in lock-step. (A loss that couples its rows,
+    like minibatch OT or PFGM's field of the batch, couples each process's rows only.)"""
 
     def __init__(self, generator: torch.Generator, rows: int, start: int, stop: int):
         self.generator, self.rows, self.start, self.stop = generator, rows, start, stop
         self.device = generator.device
 
-    def draw(self, make, shape: tuple[int, ...]) -> Tensor:
-        """make(shape) -> tensor, made for the global batch where `shape` is per row."""
-        if shape and shape[0] == self.stop - self.start:
-            return make((self.rows, *shape[1:]))[self.start:self.stop]
-        return make(shape)
+    def draw(self, make, shape: tuple[int, ...], per_row: bool) -> Tensor:
+        """make(shape) -> tensor: made for the global batch and sliced where the draw is per row."""
+        if not per_row:
+            return make(shape)
+        if not shape or shape[0] != self.stop - self.start:
+            raise ValueError(f"a per-row draw of shape {tuple(shape)} from a shard of {self.stop - self.start} rows: "
+                             f"its first dimension must be the rows (per_row=False for a draw that is not per row)")
+        return make((self.rows, *shape[1:]))[self.start:self.stop]
 
 
 Source = torch.Generator | SampleStreams | RowShard | None
@@ -140,12 +143,12 @@ def _device(generator: Source, device: torch.device | str) -> torch.device:
 
 
 def normal(shape: tuple[int, ...], generator: Source, device: torch.device | str,
-           dtype: torch.dtype | None = None) -> Tensor:
-    """N(0, 1) draws of the given shape on `device`."""
+           dtype: torch.dtype | None = None, per_row: bool = True) -> Tensor:
+    """N(0, 1) draws of the given shape on `device` (per_row: its first dimension is a batch's rows; RowShard)."""
     if isinstance(generator, SampleStreams):
         return generator.normal(tuple(shape), dtype).to(_device(generator, device))
     if isinstance(generator, RowShard):
-        return generator.draw(lambda s: normal(s, generator.generator, device, dtype), tuple(shape))
+        return generator.draw(lambda s: normal(s, generator.generator, device, dtype), tuple(shape), per_row)
     return torch.randn(shape, generator=generator, device=_device(generator, device), dtype=dtype)
 
 
@@ -155,22 +158,23 @@ def normal_like(x: Tensor, generator: Source) -> Tensor:
 
 
 def uniform(shape: tuple[int, ...], generator: Source, device: torch.device | str,
-            dtype: torch.dtype | None = None) -> Tensor:
-    """U[0, 1) draws of the given shape on `device`."""
+            dtype: torch.dtype | None = None, per_row: bool = True) -> Tensor:
+    """U[0, 1) draws of the given shape on `device` (per_row as in `normal`)."""
     if isinstance(generator, SampleStreams):
         return generator.uniform(tuple(shape), dtype).to(_device(generator, device))
     if isinstance(generator, RowShard):
-        return generator.draw(lambda s: uniform(s, generator.generator, device, dtype), tuple(shape))
+        return generator.draw(lambda s: uniform(s, generator.generator, device, dtype), tuple(shape), per_row)
     return torch.rand(shape, generator=generator, device=_device(generator, device), dtype=dtype)
 
 
 def integers(low: int, high: int, shape: tuple[int, ...], generator: Source,
-             device: torch.device | str) -> Tensor:
-    """Integers uniform on {low, ..., high - 1} (int64) on `device`."""
+             device: torch.device | str, per_row: bool = True) -> Tensor:
+    """Integers uniform on {low, ..., high - 1} (int64) on `device` (per_row as in `normal`)."""
     if isinstance(generator, SampleStreams):
         return generator.integers(low, high, tuple(shape)).to(_device(generator, device))
     if isinstance(generator, RowShard):
-        return generator.draw(lambda s: integers(low, high, s, generator.generator, device), tuple(shape))
+        return generator.draw(lambda s: integers(low, high, s, generator.generator, device), tuple(shape),
+                              per_row)
     return torch.randint(low, high, shape, generator=generator, device=_device(generator, device))
 
 
@@ -196,5 +200,5 @@ def categorical(weights: Tensor, n: int, generator: Source) -> Tensor:
         u = generator.uniform((n,), torch.float64).to(weights.device)
         return torch.searchsorted(cdf, u).clamp_max(len(weights) - 1)
     if isinstance(generator, RowShard):
-        return generator.draw(lambda s: categorical(weights, s[0], generator.generator), (n,))
+        return generator.draw(lambda s: categorical(weights, s[0], generator.generator), (n,), True)
     return torch.multinomial(weights, n, replacement=True, generator=generator)

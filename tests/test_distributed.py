@@ -113,8 +113,12 @@ def test_a_row_shard_draws_its_rows_of_the_global_draw_and_keeps_the_generator_i
     shard = rng.RowShard(part, rows=8, start=2, stop=6)
     assert torch.equal(rng.normal((4, 3), shard, "cpu"), rng.normal((8, 3), whole, "cpu")[2:6])
     assert torch.equal(rng.integers(0, 9, (4,), shard, "cpu"), rng.integers(0, 9, (8,), whole, "cpu")[2:6])
-    assert torch.equal(rng.uniform((5,), shard, "cpu"), rng.uniform((5,), whole, "cpu"))  # not per row: whole
+    # a draw that is not per row is made whole, also where its length happens to be the shard's rows
+    assert torch.equal(rng.uniform((4,), shard, "cpu", per_row=False), rng.uniform((4,), whole, "cpu"))
     assert torch.equal(rng.permutation(7, shard, "cpu"), rng.permutation(7, whole, "cpu"))
+    assert torch.equal(rng.normal((4, 3), shard, "cpu"), rng.normal((8, 3), whole, "cpu")[2:6])  # still in step
+    with pytest.raises(ValueError, match=r"a per-row draw of shape \(5,\) from a shard of 4 rows"):
+        rng.uniform((5,), shard, "cpu")  # neither the rows nor marked per_row=False: say which it is
 
 
 def test_an_uneven_batch_over_processes_is_one_line(monkeypatch):

@@ -224,7 +224,8 @@ class PFGM(Method):
             return batch
         if self.reference_pool.device != batch.device:
             self.reference_pool = self.reference_pool.to(batch.device)
-        index = rng.integers(0, self.reference_pool.shape[0], (extra,), generator, batch.device)
+        index = rng.integers(0, self.reference_pool.shape[0], (extra,), generator, batch.device,
+                             per_row=False)  # the same reference points on every process of a data-parallel run
         return torch.cat([batch, self.reference_pool[index].to(batch.dtype)])
 
     def loss(self, net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
