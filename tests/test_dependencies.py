@@ -163,7 +163,7 @@ def test_the_schema_and_errors_are_leaves():
     assert imports_of("pipeline.errors") == set()
 
 
-REPORT_CODE = [f"report/{name}.py" for name in ("__init__", "results", "tables", "summary", "figures", "html", "readme")]
+REPORT_CODE = sorted(f"report/{path.name}" for path in (REPO / "pipeline" / "report").glob("*.py"))
 STAGE_AND_REPORT_CODE = ["cli.py", "stages.py", "prepare.py", "evaluation.py", "store.py", "layout.py", *REPORT_CODE,
                          "convergence.py", "tracking.py"]
 

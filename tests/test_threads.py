@@ -35,7 +35,7 @@ def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
         time.sleep(0.6)
         quiet = governor.others_busy()
         if quiet > cores - 0.75:  # e.g. a test of the other pytest process runs two processes of its own
-            tries.append((quiet, None))
+            tries.append((quiet, None, None, None))
             continue
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
@@ -45,18 +45,19 @@ def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
             loaded = governor.others_busy()
             time.sleep(0.6)
             governor.poll()
-            assert torch.get_num_threads() == threads.free_cores(governor.last_busy, 2) == 1
+            count, polled = torch.get_num_threads(), governor.last_busy
         finally:
             busy.kill()
             busy.wait()
             torch.set_num_threads(before)
-        tries.append((quiet, loaded))
-        if loaded - quiet > 0.5:
+        tries.append((quiet, loaded, count, polled))
+        if loaded - quiet > 0.5 and count == threads.free_cores(polled, 2) == 1:
             return
-    if all(loaded is None for _, loaded in tries):
-        pytest.skip(f"other processes kept {min(q for q, _ in tries):.2f} or more of {cores} cores busy: one more "
+    if all(loaded is None for _, loaded, _, _ in tries):
+        pytest.skip(f"other processes kept {min(t[0] for t in tries):.2f} or more of {cores} cores busy: one more "
                     f"cannot add a core to measure")
-    raise AssertionError(f"one more busy process never added half a core (quiet, loaded): {tries}")
+    raise AssertionError(f"one more busy process never added half a core, or poll() did not leave one thread "
+                         f"(quiet, loaded, threads, polled busy): {tries}")
 
 
 @pytest.mark.parametrize("hidden, depth, time_embedding", [(128, 3, 32), (32, 2, 16)])  # default and smoke MLPs
