@@ -139,8 +139,8 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _known_claim_metrics(self) -> "Params":
-        """A claim's metric is "quality" or a metric of the table with a direction; a claim whose methods this run leaves out
-        is not an error (the summary says it was not tested), so a narrowed sweep keeps the default claims."""
+        """A claim's metric is "quality" or a metric of the table with a direction. A claim whose methods this
+        run leaves out is not an error (its cells read —), so a narrowed sweep keeps the default claims."""
         from pipeline.metric_table import METRICS
 
         names = sorted({metric.name for metric in METRICS if metric.lower_is_better is not None})

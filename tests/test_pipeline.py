@@ -20,8 +20,8 @@ from pipeline_runs import check_comparison, check_report_page, repo_with_profile
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory):
     # the thread governor decides (pipeline.threads: two threads on an idle machine, one beside a busy process,
-    # changing as the load moves), so the forced rerun on one thread compares counts; fixing two threads here
-    # made the run crawl beside the suite's other pytest process (OpenMP threads waiting on a shared core)
+    # changing as the load moves), so the forced rerun on one thread compares counts; two fixed threads here,
+    # beside the suite's other pytest process and one more busy process, trained at 3 steps/s and timed out
     return repo_with_profile(tmp_path_factory.mktemp("smoke"), "smoke")
 
 
