@@ -325,6 +325,35 @@ def publish(force: bool = typer.Option(False, "--force", help="Ask the tracking 
     _run(action)
 
 
+@app.command()
+def repro(jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Stages at a time (default: the "
+                                             "CPU cores; 1 on a GPU or with nproc_per_node above 1)."),
+          force: bool = typer.Option(False, "--force", "-f", help="Run every stage, as `dvc repro --force`.")) -> None:
+    """`dvc repro` with several independent stages at a time (DVC's parallel stage execution, pipeline.repro):
+    the same outputs, sooner on a CPU whose stages each gain little from a second thread."""
+
+    def action(params):
+        from pipeline.layout import resolve_device
+        from pipeline.repro import StagesFailed, run_parallel
+
+        on_gpu = resolve_device(params.device).type == "cuda" or params.nproc_per_node > 1
+        count = jobs or (1 if on_gpu else max(1, os.cpu_count() or 1))
+        if count == 1:
+            import subprocess
+
+            code = subprocess.call(["dvc", "repro", *(["--force"] if force else [])], cwd=_state["root"])
+            if code:
+                raise typer.Exit(code)
+            return
+        try:
+            ran = run_parallel(_state["root"], count, force, typer.echo)
+        except StagesFailed as error:
+            _fail(str(error), 1)
+        typer.echo(f"ran {ran} stages, {count} at a time")
+
+    _run(action)
+
+
 @app.command("bench")
 def bench_command(repeats: int = typer.Option(3, help="Timed runs per figure (after a warm-up); the median is kept."),
                   train_steps: int = typer.Option(100, help="Training steps per method, timed and before sampling."),

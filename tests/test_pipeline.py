@@ -108,9 +108,10 @@ def test_the_convergence_section_comes_from_the_runs_snapshots(smoke_repo):
 
 @pytest.mark.slow
 def test_forced_rerun_is_byte_identical(smoke_repo):
-    """The first run's thread count followed the load (pipeline.threads), the rerun holds one: this also checks
-    that no thread count changes a number of the 2-D path (tests/test_threads.py holds the MLPs' bits on one
-    and two threads for certain)."""
+    """The first run was `dvc repro`, its thread count following the load (pipeline.threads); the rerun is
+    `pipeline repro --jobs 2` (two stages at a time, pipeline.repro) on one thread each: this also checks that
+    neither the schedule nor the thread count changes a number of the 2-D path (tests/test_threads.py holds
+    the MLPs' bits on one and two threads for certain)."""
     before = (smoke_repo / "reports" / "results.csv").read_bytes()
     others = {name: (smoke_repo / "reports" / name).read_bytes() for name in
               ("protocol.csv", "summary.md", "grid.md", "index.html", "headline.json", "quality_vs_nfe.csv")}
@@ -118,7 +119,7 @@ def test_forced_rerun_is_byte_identical(smoke_repo):
     convergence_before = (smoke_repo / "reports" / "convergence.csv").read_bytes()
     lock_before = (smoke_repo / "dvc.lock").read_text()
     shutil.rmtree(smoke_repo / "checkpoints")
-    run_dvc(["dvc", "repro", "--force"], smoke_repo, PIPELINE_NUM_THREADS="1")
+    run_dvc(["pipeline", "repro", "--jobs", "2", "--force"], smoke_repo, PIPELINE_NUM_THREADS="1")
     assert (smoke_repo / "reports" / "results.csv").read_bytes() == before
     assert all((smoke_repo / "reports" / name).read_bytes() == content for name, content in others.items())
     assert (smoke_repo / "reports" / "convergence.csv").read_bytes() == convergence_before
