@@ -126,6 +126,6 @@ class Preconditioned(nn.Module):
         self.sigma_data = float(sigma_data)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        c = self.path(t).broadcast_to(x)
+        c = self.path.at(t, x)
         c_skip, c_out, c_in = preconditioning(self.prediction, c, self.sigma_data)
         return c_skip * x + c_out * self.inner(c_in * x, t)

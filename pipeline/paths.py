@@ -62,6 +62,19 @@ class AffinePath(ABC):
     def __call__(self, t: Tensor) -> Coefficients:
         """Coefficients at times t (any shape, float tensor)."""
 
+    def at(self, t: Tensor, like: Tensor) -> Coefficients:
+        """self(t).broadcast_to(like), reused for the same time tensor: a sampler's step needs the coefficients
+        of its times twice, for the network's preconditioning and to convert its output
+        (pipeline.parameterization), and the second use costs no tensor work. The reuse is keyed by the
+        tensor itself and its version counter, so it returns exactly what a new evaluation would."""
+        key = (t._version, like.ndim, like.dtype, like.device)
+        last = self.__dict__.get("_last_at")
+        if last is not None and last[0] is t and last[1] == key:
+            return last[2]
+        coefficients = self(t).broadcast_to(like)
+        self.__dict__["_last_at"] = (t, key, coefficients)
+        return coefficients
+
     def sample(self, x_data: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """x_t = alpha_t x_data + sigma_t noise, with t of shape [B]."""
         c = self(t).broadcast_to(x_data)

@@ -80,3 +80,43 @@ def test_linear_path_is_flow_matching_in_reversed_time():
     assert torch.allclose(path.sample(x_data, noise, 1 - tau), x_tau, atol=1e-6)
     c = path(1 - tau).broadcast_to(x_data)
     assert torch.allclose(from_x0_and_eps(x_data, noise, Prediction.VELOCITY, c), -(x_data - noise))
+
+
+def test_coefficients_at_a_time_tensor_are_computed_once_and_follow_its_changes():
+    """AffinePath.at reuses the coefficients of the same time tensor (a sampler step's preconditioning and
+    output conversion), and recomputes once the tensor is changed in place or another one is given."""
+    path, x = VPPath(), torch.randn(5, 2)
+    t = torch.full((5,), 0.3)
+    first = path.at(t, x)
+    assert path.at(t, x) is first
+    assert torch.equal(first.alpha, path(t).broadcast_to(x).alpha)
+    t.fill_(0.6)
+    moved = path.at(t, x)
+    assert moved is not first and torch.equal(moved.sigma, path(torch.full((5,), 0.6)).broadcast_to(x).sigma)
+    assert path.at(torch.full((5,), 0.6), x) is not moved  # equal values, another tensor: computed again
+    assert path.at(t, x.double()).alpha.dtype == torch.float64
+
+
+@pytest.mark.parametrize("method_name, sampler, per_call", [
+    ("flow_matching", "ode_euler", 1), ("flow_matching", "ddim-eta1.0-uniform", 1), ("vp_sde", "ancestral_posterior", 1),
+    ("vp_sde", "euler_maruyama", 2)])  # the reverse SDE's diffusion g(t) is one more
+def test_a_sampler_step_evaluates_its_path_once_per_network_call(monkeypatch, method_name, sampler, per_call):
+    """The per-step coefficient work behind the samplers' overhead (pipeline bench): the preconditioning, the
+    output conversion and the reverse SDE's drift share one evaluation of the path at the step's time (the old
+    code made three), and a chain asks alpha_sigma for each grid time once."""
+    from pipeline.methods import build_method
+    from pipeline.schema import MLPSettings, NetworkSection
+    from pipeline.rng import SampleStreams
+    from pipeline.config import load_params
+    from pathlib import Path
+
+    params = load_params(Path(__file__).resolve().parents[1] / "profiles" / "smoke.yaml")
+    method = build_method(method_name, params.method_config(method_name), (2,))
+    net = method.make_network(NetworkSection(mlp=MLPSettings(hidden=8, depth=1, time_embedding=4))).eval()
+    calls = []
+    original = type(method.path).__call__
+    monkeypatch.setattr(type(method.path), "__call__", lambda self, t: calls.append(t.numel()) or original(self, t))
+    result = method.sample(net, sampler, 10, 6, SampleStreams(0, torch.arange(6)))
+    batch_calls = sum(1 for n in calls if n == 6)
+    assert result.nfe <= batch_calls <= per_call * result.nfe
+    assert len(calls) - batch_calls <= 2 * result.nfe + 2  # the chains' float times: each at most once

@@ -73,13 +73,13 @@ class AffineMethod(Method):
         """Probability-flow velocity dx/dt of the trained model."""
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
-            return to_velocity(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+            return to_velocity(self.output(net, x, t), self.prediction, x, self.path.at(t, x))
 
         return velocity
 
     def score_fn(self, net: nn.Module):
         def score(x: Tensor, t: Tensor) -> Tensor:
-            return to_score(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+            return to_score(self.output(net, x, t), self.prediction, x, self.path.at(t, x))
 
         return score
 
@@ -87,7 +87,7 @@ class AffineMethod(Method):
         """The model's data prediction x0_hat(x, t) (Tweedie's mean, methods.md 2.7)."""
 
         def x0(x: Tensor, t: Tensor) -> Tensor:
-            return to_x0(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+            return to_x0(self.output(net, x, t), self.prediction, x, self.path.at(t, x))
 
         return x0
 
@@ -95,7 +95,7 @@ class AffineMethod(Method):
         """(x0_hat, eps_hat)(x, t) of the trained model (pipeline.parameterization)."""
 
         def data_and_noise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            return to_x0_and_eps(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+            return to_x0_and_eps(self.output(net, x, t), self.prediction, x, self.path.at(t, x))
 
         return data_and_noise
 
@@ -118,9 +118,13 @@ class AffineMethod(Method):
                        self.finishing_nfe)
 
     def alpha_sigma(self, t: float) -> tuple[float, float]:
-        """alpha_t and sigma_t of the path at one time, as floats (for the exponential integrators)."""
-        c = self.path(torch.tensor([t], dtype=torch.float64))
-        return float(c.alpha[0]), float(c.sigma[0])
+        """alpha_t and sigma_t of the path at one time, as floats (for the exponential integrators and the
+        chains). A chain's step asks for the same two times several times over, so each is computed once."""
+        known = self.__dict__.setdefault("_alpha_sigma", {})
+        if t not in known:
+            c = self.path(torch.tensor([t], dtype=torch.float64))
+            known[t] = float(c.alpha[0]), float(c.sigma[0])
+        return known[t]
 
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda_t = log(alpha_t / sigma_t) of the path."""
@@ -133,7 +137,7 @@ class AffineMethod(Method):
             return result
         x = result.x
         t = torch.full((x.shape[0],), self.t_end_sample, dtype=x.dtype, device=x.device)
-        x0 = to_x0(self.output(net, x, t), self.prediction, x, self.path(t).broadcast_to(x))
+        x0 = to_x0(self.output(net, x, t), self.prediction, x, self.path.at(t, x))
         return SolverResult(x0, result.nfe + 1)
 
     def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,

@@ -63,7 +63,7 @@ class ScoreSDE(AffineMethod):
         score = self.score_fn(net)
 
         def drift(x: Tensor, t: Tensor) -> Tensor:
-            c = self.path(t).broadcast_to(x)
+            c = self.path.at(t, x)
             return c.drift * x - c.diffusion_squared * score(x, t)
 
         def diffusion(t: Tensor) -> Tensor:
