@@ -80,6 +80,14 @@ def _log_path(logs: Path, stage: str) -> Path:
     return logs / (stage.replace("@", "_").replace("/", "_").replace(":", "_") + ".log")
 
 
+def _time_left(stage_minutes: list[float], left: int, jobs: int, began: float) -> str:
+    """Elapsed wall time and a rough estimate of what is left: the mean stage so far, `jobs` at a time."""
+    elapsed = (time.perf_counter() - began) / 60
+    if not left:
+        return f"{elapsed:.1f} min in all"
+    return f"{elapsed:.1f} min so far, about {sum(stage_minutes) / len(stage_minutes) * left / jobs:.0f} min left"
+
+
 def run_parallel(root: Path, jobs: int, force: bool, echo) -> int:
     """Run the plan's stages `jobs` at a time, then `dvc repro`; the stages run, or StageError on a failure
     (the running stages finish first; the failed stage's log is named)."""
@@ -90,6 +98,7 @@ def run_parallel(root: Path, jobs: int, force: bool, echo) -> int:
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     pending, failed = list(work.stages), []
     echo(f"{len(pending)} stages to run, {jobs} at a time (logs: {logs})")
+    began, stage_minutes = time.perf_counter(), []
     while pending or running:
         ready = [name for name in pending if work.waits_for[name] <= done]
         while ready and len(running) < jobs and not failed:
@@ -108,7 +117,9 @@ def run_parallel(root: Path, jobs: int, force: bool, echo) -> int:
                 echo(f"failed {name} (exit {process.returncode}; see {_log_path(logs, name)})")
             else:
                 done.add(name)
-                echo(f"[{len(done)}/{len(work.stages)}] {name} in {(time.perf_counter() - started) / 60:.1f} min")
+                stage_minutes.append((time.perf_counter() - started) / 60)
+                echo(f"[{len(done)}/{len(work.stages)}] {name} in {stage_minutes[-1]:.1f} min; "
+                     f"{_time_left(stage_minutes, len(work.stages) - len(done), jobs, began)}")
     if failed:
         raise StagesFailed(f"{len(failed)} stage(s) failed: {', '.join(failed)}; the others that ran are committed "
                          f"to dvc.lock, so running this again resumes from there")

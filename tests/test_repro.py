@@ -115,3 +115,10 @@ def test_a_pipeline_dvc_cannot_read_is_one_line(tmp_path):
 def test_bad_job_counts_are_refused(tmp_path, jobs):
     result = _repro(_toy(tmp_path), "--jobs", jobs)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_each_finished_stage_says_how_long_is_left(tmp_path):
+    root = _toy(tmp_path, slow=0.2)
+    result = _repro(root, "--jobs", "2")
+    progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 5 and "min left" in progress[0] and progress[-1].endswith("min in all")
