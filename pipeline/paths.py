@@ -66,7 +66,10 @@ class AffinePath(ABC):
         """self(t).broadcast_to(like), reused for the same time tensor: a sampler's step needs the coefficients
         of its times twice, for the network's preconditioning and to convert its output
         (pipeline.parameterization), and the second use costs no tensor work. The reuse is keyed by the
-        tensor itself and its version counter, so it returns exactly what a new evaluation would."""
+        tensor itself and its version counter, so it returns exactly what a new evaluation would (an inference
+        tensor has no version counter: it is evaluated every time)."""
+        if t.is_inference():
+            return self(t).broadcast_to(like)
         key = (t._version, like.ndim, like.dtype, like.device)
         last = self.__dict__.get("_last_at")
         if last is not None and last[0] is t and last[1] == key:

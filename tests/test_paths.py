@@ -95,6 +95,9 @@ def test_coefficients_at_a_time_tensor_are_computed_once_and_follow_its_changes(
     assert moved is not first and torch.equal(moved.sigma, path(torch.full((5,), 0.6)).broadcast_to(x).sigma)
     assert path.at(torch.full((5,), 0.6), x) is not moved  # equal values, another tensor: computed again
     assert path.at(t, x.double()).alpha.dtype == torch.float64
+    with torch.inference_mode():
+        frozen = torch.full((5,), 0.3)
+        assert torch.equal(path.at(frozen, x).alpha, first.alpha)
 
 
 @pytest.mark.parametrize("method_name, sampler, per_call", [
