@@ -337,7 +337,7 @@ def repro(jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="
         from pipeline.repro import StagesFailed, run_parallel
 
         on_gpu = resolve_device(params.device).type == "cuda" or params.nproc_per_node > 1
-        count = jobs or (1 if on_gpu else max(1, os.cpu_count() or 1))
+        count = jobs or (1 if on_gpu else thread_policy.usable_cores())
         if count == 1:
             import subprocess
 

@@ -66,9 +66,10 @@ class AffinePath(ABC):
         """self(t).broadcast_to(like), reused for the same time tensor: a sampler's step needs the coefficients
         of its times twice, for the network's preconditioning and to convert its output
         (pipeline.parameterization), and the second use costs no tensor work. The reuse is keyed by the
-        tensor itself and its version counter, so it returns exactly what a new evaluation would (an inference
-        tensor has no version counter: it is evaluated every time)."""
-        if t.is_inference():
+        tensor itself and its version counter, which every torch operation that writes to it bumps (a write
+        through `.data` or a NumPy view does not: give such a tensor anew). Times that carry a gradient, inference
+        tensors (no version counter) and calls in inference mode are evaluated every time."""
+        if t.requires_grad or t.is_inference() or torch.is_inference_mode_enabled():
             return self(t).broadcast_to(like)
         key = (t._version, like.ndim, like.dtype, like.device)
         last = self.__dict__.get("_last_at")

@@ -38,7 +38,10 @@ class Plan:
 
 
 def plan(root: Path, force: bool) -> Plan:
-    """What `dvc repro` (--force: every stage) would run in `root`, and the graph between those stages."""
+    """What `dvc repro` (--force: every stage) would run in `root`, and the graph between those stages: as
+    `dvc repro` without targets, the stages of root's dvc.yaml and those they depend on."""
+    import os
+
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -46,6 +49,8 @@ def plan(root: Path, force: bool) -> Plan:
     try:
         with Repo(str(root)) as repo:
             graph = repo.index.graph  # edges point from a stage to the stages it depends on
+            pipeline = {stage for stage in graph if os.path.abspath(stage.path) == os.path.abspath(root / "dvc.yaml")}
+            graph = graph.subgraph(set().union(pipeline, *(nx.descendants(graph, stage) for stage in pipeline)))
             names = {stage: _name(stage, root) for stage in graph}
             stale = set(repo.status())  # keyed by DVC's addressing, relative to the working directory
             changed = set(graph) if force else {stage for stage in graph if stage.addressing in stale}
@@ -67,17 +72,39 @@ def _name(stage, root: Path) -> str:
     import os
 
     dvcfile = os.path.relpath(stage.path, root)
-    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+    name = getattr(stage, "name", None)  # a .dvc file's stage (`dvc add`, `dvc import`) has none: its path
+    if not name:
+        return dvcfile
+    return name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
 
 
 def _launch(root: Path, stage: str, force: bool, logs: Path) -> subprocess.Popen:
     command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
     with _log_path(logs, stage).open("w") as log:  # the child holds its own copy of the file
-        return subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        # a session of its own: an interrupt reaches the stage through _stop, which waits for it to end
+        return subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _log_path(logs: Path, stage: str) -> Path:
     return logs / (stage.replace("@", "_").replace("/", "_").replace(":", "_") + ".log")
+
+
+def _stop(processes) -> None:
+    """Interrupt each stage's process group (DVC and the stage's command) and wait for them to end; DVC then
+    records nothing for the stage, so the next run redoes it."""
+    import os
+    import signal
+
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _time_left(stage_minutes: list[float], left: int, jobs: int, began: float) -> str:
@@ -89,8 +116,9 @@ def _time_left(stage_minutes: list[float], left: int, jobs: int, began: float) -
 
 
 def run_parallel(root: Path, jobs: int, force: bool, echo) -> int:
-    """Run the plan's stages `jobs` at a time, then `dvc repro`; the stages run, or StageError on a failure
-    (the running stages finish first; the failed stage's log is named)."""
+    """Run the plan's stages `jobs` at a time, then `dvc repro`; the stages run, or StagesFailed on a failure
+    (no stage starts after it, the running ones finish first; the failed stage's log is named) or an interrupt
+    (the running stages get it too and are waited for; what finished is in dvc.lock)."""
     work = plan(root, force)
     logs = root / ".dvc" / "tmp" / "pipeline-repro"
     logs.mkdir(parents=True, exist_ok=True)
@@ -99,27 +127,32 @@ def run_parallel(root: Path, jobs: int, force: bool, echo) -> int:
     pending, failed = list(work.stages), []
     echo(f"{len(pending)} stages to run, {jobs} at a time (logs: {logs})")
     began, stage_minutes = time.perf_counter(), []
-    while pending or running:
-        ready = [name for name in pending if work.waits_for[name] <= done]
-        while ready and len(running) < jobs and not failed:
-            name = ready.pop(0)
-            pending.remove(name)
-            running[name] = (_launch(root, name, force, logs), time.perf_counter())
-        if not running:
-            break
-        time.sleep(0.2)
-        for name, (process, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[name]
-            if process.returncode:
-                failed.append(name)
-                echo(f"failed {name} (exit {process.returncode}; see {_log_path(logs, name)})")
-            else:
-                done.add(name)
-                stage_minutes.append((time.perf_counter() - started) / 60)
-                echo(f"[{len(done)}/{len(work.stages)}] {name} in {stage_minutes[-1]:.1f} min; "
-                     f"{_time_left(stage_minutes, len(work.stages) - len(done), jobs, began)}")
+    try:
+        while pending or running:
+            ready = [name for name in pending if work.waits_for[name] <= done]
+            while ready and len(running) < jobs and not failed:
+                name = ready.pop(0)
+                pending.remove(name)
+                running[name] = (_launch(root, name, force, logs), time.perf_counter())
+            if not running:
+                break
+            time.sleep(0.2)
+            for name, (process, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[name]
+                if process.returncode:
+                    failed.append(name)
+                    echo(f"failed {name} (exit {process.returncode}; see {_log_path(logs, name)})")
+                else:
+                    done.add(name)
+                    stage_minutes.append((time.perf_counter() - started) / 60)
+                    echo(f"[{len(done)}/{len(work.stages)}] {name} in {stage_minutes[-1]:.1f} min; "
+                         f"{_time_left(stage_minutes, len(work.stages) - len(done), jobs, began)}")
+    except KeyboardInterrupt:
+        _stop(process for process, _ in running.values())
+        raise StagesFailed(f"interrupted; {len(done)} finished stage(s) are in dvc.lock and {len(running)} running "
+                           f"one(s) were stopped: running this again resumes") from None
     if failed:
         raise StagesFailed(f"{len(failed)} stage(s) failed: {', '.join(failed)}; the others that ran are committed "
                          f"to dvc.lock, so running this again resumes from there")

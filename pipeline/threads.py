@@ -27,7 +27,8 @@ from pathlib import Path
 _PROC_STAT = Path("/proc/stat")
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the host's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -60,7 +61,7 @@ class ThreadGovernor:
 
     def __init__(self, interval: float = 1.0, cores: int | None = None):
         self.interval = interval
-        self.cores = cores or _usable_cores()
+        self.cores = cores or usable_cores()
         self.enabled = _machine_busy_seconds() is not None
         self.last_busy: float | None = None
         self._last = self._reading()

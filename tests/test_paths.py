@@ -93,11 +93,14 @@ def test_coefficients_at_a_time_tensor_are_computed_once_and_follow_its_changes(
     t.fill_(0.6)
     moved = path.at(t, x)
     assert moved is not first and torch.equal(moved.sigma, path(torch.full((5,), 0.6)).broadcast_to(x).sigma)
+    with torch.inference_mode():
+        assert path.at(t, x) is not moved and torch.equal(path.at(torch.full((5,), 0.3), x).alpha, first.alpha)
+    assert path.at(t, x) is moved  # inference mode neither used nor replaced the cache
     assert path.at(torch.full((5,), 0.6), x) is not moved  # equal values, another tensor: computed again
     assert path.at(t, x.double()).alpha.dtype == torch.float64
-    with torch.inference_mode():
-        frozen = torch.full((5,), 0.3)
-        assert torch.equal(path.at(frozen, x).alpha, first.alpha)
+    learned = torch.full((5,), 0.3, requires_grad=True)
+    path.at(learned, x).alpha.sum().backward()
+    assert learned.grad is not None and path.at(learned, x).alpha.grad_fn is not None
 
 
 @pytest.mark.parametrize("method_name, sampler, per_call", [

@@ -122,3 +122,34 @@ def test_each_finished_stage_says_how_long_is_left(tmp_path):
     result = _repro(root, "--jobs", "2")
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 5 and "min left" in progress[0] and progress[-1].endswith("min in all")
+
+
+def test_the_plan_is_that_of_dvc_repro_beside_dvc_files_and_other_pipelines(tmp_path):
+    """A `dvc add`-ed file (a stage without a name) and a stale stage of another folder's dvc.yaml: plain
+    `dvc repro` leaves the latter alone, and so does the plan."""
+    root = _toy(tmp_path)
+    (root / "raw.txt").write_text("raw")
+    subprocess.run(["dvc", "add", "-q", "raw.txt"], cwd=root, check=True, capture_output=True)
+    (root / "sub").mkdir()
+    (root / "sub" / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"t": {"cmd": "echo t > t.txt", "outs": ["t.txt"]}}}))
+    work = plan(root, force=False)
+    assert sorted(work.stages) == ["a", "b", "c", "d", "e"]
+
+
+def test_an_interrupt_stops_the_running_stages_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    root = _toy(tmp_path, slow=30)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "--jobs", "2"], cwd=root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    deadline = time.time() + 120
+    while not (root / "a.txt").exists() and time.time() < deadline:  # the slow stages start once a is done
+        time.sleep(0.2)
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)  # the parent alone, not the process group as a terminal would
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted;") and "resumes" in stderr
+    assert not (root / "b.txt").exists() and not (root / "e.txt").exists()  # stopped, not waited out (30 s)
+    assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a"}

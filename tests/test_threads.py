@@ -21,7 +21,7 @@ def test_a_core_counts_as_free_when_at_most_a_quarter_of_it_is_taken():
     assert threads.free_cores(1.0, 16) == 15
 
 
-@pytest.mark.skipif(threads._machine_busy_seconds() is None or threads._usable_cores() < 2,
+@pytest.mark.skipif(threads._machine_busy_seconds() is None or threads.usable_cores() < 2,
                     reason="needs /proc/stat and two cores")
 def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
     """Relative to whatever else the machine runs (CI may be busy, the suite's other pytest process is): one
@@ -29,7 +29,7 @@ def test_the_governor_sees_another_busy_process_and_gives_up_its_core():
     measurement leaves free. The others' load moves between the two readings, so up to three tries."""
     governor = threads.ThreadGovernor(interval=0.5, cores=2)
     before = torch.get_num_threads()
-    cores = threads._usable_cores()
+    cores = threads.usable_cores()
     tries = []
     for _ in range(3):
         time.sleep(0.6)
