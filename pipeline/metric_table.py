@@ -56,9 +56,6 @@ METRICS: tuple[Metric, ...] = (
            convergence="curve"),
     Metric("nll_se", "toy", "likelihood", None, "standard error of the mean NLL over the held-out points"),
     Metric("nll_n", "toy", "likelihood", None, "held-out points in the NLL"),
-    Metric("straightness", "toy", "trajectory", True, "E int ||(Z1 - Z0) - dZ_t/dt||^2 dt of the ODE paths "
-           "(Liu et al. 2023, def. 3.4)", table="path"),
-    Metric("transport_cost", "toy", "trajectory", True, "E ||Z1 - Z0||^2 of the ODE paths", table="path"),
     Metric("fid", "image", "samples", True, "Frechet distance of feature statistics (torch-fidelity) against "
            "the held-out images", scorer="fidelity", table="headline", convergence="rule", ranks=True),
     Metric("fid_n", "image", "samples", None, "images in each FID set", scorer="fidelity"),
@@ -81,6 +78,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("nll_se", "image", "likelihood", None, "standard error of the mean NLL"),
     Metric("nll_n", "image", "likelihood", None, "held-out images in the NLL"),
     Metric("nll_probes", "image", "likelihood", None, "Hutchinson probes per image of the ODE divergence"),
+    *(Metric("straightness", kind, "trajectory", True, "E int ||(Z1 - Z0) - dZ_t/dt||^2 dt of the ODE paths "
+             "(Liu et al. 2023, def. 3.4; the squared norm sums over every pixel on images)", table="path")
+      for kind in ("toy", "image")),
+    *(Metric("transport_cost", kind, "trajectory", True, "E ||Z1 - Z0||^2 of the ODE paths", table="path")
+      for kind in ("toy", "image")),
     *(Metric("clip_x0", kind, "protocol", None, "1 where the sampler clips x0_hat to [-1, 1] (DDPM's samplers "
              "on images)") for kind in ("toy", "image")),
     *(Metric("clip_sigma", kind, "protocol", None, "1 where Analytic-DPM's last variance is clipped")

@@ -24,6 +24,7 @@ from pipeline.layout import (CONVERGENCE_COLUMNS, TRAJECTORY_KEY, convergence_fi
                              samples_file)
 from pipeline.methods import build_method
 from pipeline.methods.base import EvalContext, Method
+from pipeline.metric_table import known
 from pipeline.nets import autocast
 from pipeline.rng import SampleStreams
 from pipeline.samplers import flow_trajectory
@@ -231,6 +232,11 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
         for nfe in by_nfe:
             for metric, value in {**method.protocol(sampler), "checkpoint_step": steps}.items():
                 record_metric(table, sampler, int(nfe), metric, value)
+    unknown = sorted({metric for by_nfe in table.values() for values in by_nfe.values() for metric in values
+                      if not known(metric, data.kind)})
+    if unknown:  # caught here, not by the publish stage after the whole sweep
+        raise StageError(f"{method_name} on {dataset} reports metrics that pipeline/metric_table.py does not list "
+                         f"for {data.kind} data: {', '.join(unknown)}")
     write_json(metrics_file(root, method_name, dataset, seed), table)
     return metrics_file(root, method_name, dataset, seed)
 

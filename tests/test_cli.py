@@ -93,6 +93,23 @@ def test_the_run_stage_trains_samples_and_scores_and_reuses_a_finished_training(
     assert metrics.read_text() != first_w2
 
 
+def test_a_metric_missing_from_the_metric_table_stops_the_evaluation(tiny_params, monkeypatch):
+    """Caught where it is made, in one line, not by the publish stage after the whole sweep."""
+    from pipeline.methods.flow_matching import FlowMatching
+
+    runner = CliRunner()
+    args = ["--params", str(tiny_params)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    for command in (["train", "-m", "flow_matching", "-d", "moons", "--no-progress"],
+                    ["sample", "-m", "flow_matching", "-d", "moons", "--no-progress"]):
+        assert runner.invoke(app, [*args, *command]).exit_code == 0
+    monkeypatch.setattr(FlowMatching, "trajectory_metrics", lambda *a: [("ode_rk45", 10, "curvature", 1.0)])
+    result = runner.invoke(app, [*args, "evaluate", "-m", "flow_matching", "-d", "moons"])
+    error = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2 and error.startswith("error: ") and "curvature" in error, result.output
+    assert not (tiny_params.parent / "metrics" / "flow_matching" / "moons" / "seed0.json").exists()
+
+
 def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):
     result = CliRunner().invoke(app, ["--params", str(tiny_params), "train", "-m", "ddpm", "-d", "moons"])
     assert result.exit_code == 2
