@@ -171,6 +171,18 @@ def test_the_ranking_takes_each_method_at_its_best_sampler_within_each_budget():
         _ranking_frame(), "moons", "w2")
 
 
+def test_an_image_ranking_says_its_budgets_stop_at_the_image_cap():
+    from pipeline.report.tables import budget_cap_line
+
+    params = Params.model_validate({"datasets": ["moons", "digits"], "seeds": [0],
+                                    "sample": {"image": {"max_budget": 20}}, "methods": {"ddpm": {}}})
+    assert budget_cap_line(params, "moons") == ""
+    assert "`sample.image.max_budget` = 20 NFE" in budget_cap_line(params, "digits")
+    uncapped = params.model_copy(update={"sample": params.sample.model_copy(
+        update={"image": params.sample.image.model_copy(update={"max_budget": None})})})
+    assert budget_cap_line(uncapped, "digits") == ""
+
+
 def test_a_best_entry_within_the_seeds_noise_is_not_bold():
     from pipeline.report.tables import ranking_table
 

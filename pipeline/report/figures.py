@@ -123,7 +123,7 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
         if (curve["mean"] > top).all():
             above.append(f"{method} ({curve['mean'].min():.3g})")
         ax.plot(curve.nfe, curve["mean"], ms=3, lw=1.3, label=method, **style)
-        ax.fill_between(curve.nfe, curve.low, curve.high, color=style["color"], alpha=0.15, lw=0)
+        ax.fill_between(curve.nfe, curve.low, curve.high, color=style["color"], alpha=0.08, lw=0)
     if len(value):
         ax.axhline(floor_value, color="k", ls="--", lw=1, label="data floor (real vs real)")
         if len(spread):
@@ -132,9 +132,15 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     ax.set_xscale("log")
     if ax.lines and all(y > 0 for line in ax.lines for y in np.atleast_1d(line.get_ydata())):
         ax.set_yscale("log")
-    if math.isfinite(top) and ax.lines:
-        highest = max(float(np.max(line.get_ydata())) for line in ax.lines)
-        ax.set_ylim(top=min(top, highest * 1.2))
+    if ax.lines:  # the axis frames the means and the floor; a band wider than that (three seeds) is cut
+        values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.lines])
+        lowest, highest = float(np.nanmin(values)), float(np.nanmax(values))
+        if ax.get_yscale() == "log":
+            ax.set_ylim(bottom=lowest / 1.5)
+        else:
+            ax.set_ylim(bottom=lowest - 0.1 * max(highest - lowest, abs(lowest), 1e-12))
+        if math.isfinite(top):
+            ax.set_ylim(top=min(top, highest * 1.2))
     plain_log_ticks(ax, sorted(nfes))
     if above:
         ax.text(0.02, 0.98, "above the axis, best: " + ", ".join(above), transform=ax.transAxes, fontsize=6,

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.config import Params
 from pipeline.data import DATASETS
 from pipeline.metric_table import ranked
-from pipeline.report.tables import floor_line, overview_table, ranking_picks, ranking_table
+from pipeline.report.tables import budget_cap_line, floor_line, overview_table, ranking_picks, ranking_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1rem 1.5rem; color: #222; }
@@ -144,9 +144,10 @@ def card(frame: pd.DataFrame, params: Params, dataset: str, figures: Path, proto
     better = "lower" if metric.lower_is_better else "higher"
     figure = figures / f"quality_{dataset}.png"
     image = f'<img alt="{dataset}: quality against NFE" src="{data_uri(figure)}">' if figure.exists() else ""
+    floor_note = " ".join(filter(None, [floor_line(frame, dataset, metric.name), budget_cap_line(params, dataset)]))
     return (f'<section class="card" id="{dataset}"><h2>{dataset}: <code>{metric.name}</code> ({better} is better)'
             f"</h2>{ranking_html(frame, params, dataset, protocol)}"
-            f'<p class="floor">{inline(floor_line(frame, dataset, metric.name))}</p>'
+            f'<p class="floor">{inline(floor_note)}</p>'
             f"{image}</section>")
 
 

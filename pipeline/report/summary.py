@@ -11,7 +11,7 @@ from pipeline.data import DATASETS
 from pipeline.metric_table import METRICS
 from pipeline.report.claims import claim_lines
 from pipeline.report.results import ORACLE_STUDY
-from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_label, budget_table, floor_line, floor_ratio_table,
+from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_cap_line, budget_label, budget_table, floor_line, floor_ratio_table,
                                     floor_text, headline_table, learned_table, mode_table, path_table,
                                     overview_table, ranking_column, ranking_table)
 
@@ -186,6 +186,8 @@ def ranking_lines(frame: pd.DataFrame, params: Params) -> list[str]:
         better = "lower" if metric.lower_is_better else "higher"
         lines += [f"### {dataset}: `{metric.name}` ({better} is better)", "", table.to_markdown(index=False), "",
                   floor_line(frame, dataset, metric.name), ""]
+        if budget_cap_line(params, dataset):
+            lines += [budget_cap_line(params, dataset), ""]
     return lines
 
 

@@ -338,6 +338,16 @@ def floor_line(frame: pd.DataFrame, dataset: str, metric: str) -> str:
     return f"Data floor (real vs real): {floor_text(frame, dataset, metric)}.{spread}"
 
 
+def budget_cap_line(params: Params, dataset: str) -> str:
+    """On images, what `any NFE` means: fixed-step budgets above sample.image.max_budget are not run."""
+    cap = params.sample.image.max_budget
+    if DATASETS[dataset] != "image" or cap is None:
+        return ""
+    return (f"Budgets above `sample.image.max_budget` = {cap} NFE are not run on images (params.yaml), so "
+            f"`any NFE` means at most {cap} here for every fixed-step sampler (an adaptive solver chooses its "
+            f"own): a sampler designed for hundreds of steps is scored at that cap, not at its best.")
+
+
 def floor_text(frame: pd.DataFrame, dataset: str, metric: str) -> str:
     """The data floor of a metric on a data set: its value ± its spread over the reference chunks."""
     rows = frame[(frame.dataset == dataset) & (frame.method == "data")]
