@@ -202,43 +202,57 @@ def convergence_lines(frame: pd.DataFrame, source: str) -> list[str]:
 
 
 def convergence_figure(frame: pd.DataFrame):
-    """Rows of metrics, columns of data sets: each method's best sampler, mean and 95% band against steps
-    (log scale), the data floor dashed; the legend right of the panels. Returns the figure (the report saves it)."""
+    """A row of panels per data set, one panel per metric it has: each method's best sampler, mean and 95%
+    band against steps (log scale), the data floor dashed; one legend for every panel, right of them.
+    Returns the figure (the report saves it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
 
     table = curves(frame)
     datasets = list(dict.fromkeys(table.dataset))
-    metrics = [m for m in CURVE_METRICS if m in set(table.metric)]
-    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(3.0 * len(datasets), 2.4 * len(metrics)),
-                             squeeze=False)
+    panels = {dataset: [m for m in CURVE_METRICS if m in set(table.metric[table.dataset == dataset])]
+              for dataset in datasets}
+    columns = max(len(metrics) for metrics in panels.values())
+    fig, axes = plt.subplots(len(datasets), columns, figsize=(3.0 * columns, 2.4 * len(datasets)), squeeze=False)
     methods = list(dict.fromkeys(table.method))
-    for j, dataset in enumerate(datasets):
-        for i, metric in enumerate(metrics):
-            ax = axes[i, j]
-            for method in methods:
-                sampler = best_samplers(table, metric).get((dataset, method))
-                curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
-                              & (table.metric == metric)].sort_values("step")
-                if curve.empty:
-                    continue
-                half = curve.half.fillna(0.0)
-                color = f"C{methods.index(method) % 10}"  # one colour per method in every panel
-                ax.plot(curve.step, curve["mean"], marker="o", ms=3, lw=1.2, label=method, color=color)
-                ax.fill_between(curve.step, curve["mean"] - half, curve["mean"] + half, alpha=0.2, color=color)
-            floor = frame[(frame.method == "data") & (frame.dataset == dataset) & (frame.metric == metric)].value
-            if len(floor):
-                ax.axhline(float(floor.iloc[0]), color="k", ls="--", lw=1, label="data floor")
+    legend: dict = {}
+    for i, dataset in enumerate(datasets):
+        for j, ax in enumerate(axes[i]):
+            metric = panels[dataset][j] if j < len(panels[dataset]) else None
+            if metric is not None:
+                _convergence_panel(ax, frame, table, methods, dataset, metric)
             if not ax.lines:
                 ax.set_visible(False)
                 continue
+            legend.update(zip(*reversed(ax.get_legend_handles_labels())))
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.tick_params(labelsize=7)
             ax.set_title(f"{dataset}: {metric}", fontsize=8)
             ax.set_xlabel("training step", fontsize=7)
-    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_visible()), ([], []))
     fig.tight_layout()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    legend = {label: legend[label] for label in sorted(legend, key=lambda label: label == "data floor")}
+    fig.legend(list(legend.values()), list(legend), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
     return fig
+
+
+def _convergence_panel(ax, frame: pd.DataFrame, table: pd.DataFrame, methods: list[str], dataset: str,
+                       metric: str) -> None:
+    for method in methods:
+        sampler = best_samplers(table, metric).get((dataset, method))
+        curve = table[(table.dataset == dataset) & (table.method == method) & (table.sampler == sampler)
+                      & (table.metric == metric)].sort_values("step")
+        if curve.empty:
+            continue
+        half = curve.half.fillna(0.0)
+        color = f"C{methods.index(method) % 10}"  # one colour per method in every panel
+        ax.plot(curve.step, curve["mean"], marker="o", ms=3, lw=1.2, label=method, color=color)
+        ax.fill_between(curve.step, curve["mean"] - half, curve["mean"] + half, alpha=0.2, color=color)
+    floor = frame[(frame.method == "data") & (frame.dataset == dataset) & (frame.metric == metric)].value
+    if len(floor):
+        ax.axhline(float(floor.iloc[0]), color="k", ls="--", lw=1, label="data floor")

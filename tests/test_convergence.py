@@ -182,6 +182,24 @@ def test_the_convergence_section_and_figure(tmp_path):
     assert convergence_lines(frame[frame.method == "data"], "a test") == []
 
 
+def test_the_convergence_figure_has_a_row_per_data_set_and_every_method_in_its_legend():
+    """A method studied on one data set only (PFGM's long arm on eight_gaussians) is in the legend too."""
+    from pipeline.convergence import convergence_figure
+
+    frame = pd.read_csv(Path(__file__).resolve().parents[1] / "reports" / "studies" / "convergence.csv")
+    fig = convergence_figure(frame)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    rows = {ax.get_subplotspec().rowspan.start for ax in shown}
+    assert len(rows) == frame.dataset.nunique()
+    for ax in shown:  # each row is one data set
+        dataset = ax.get_title().split(":")[0]
+        assert {other.get_title().split(":")[0] for other in shown
+                if other.get_subplotspec().rowspan.start == ax.get_subplotspec().rowspan.start} == {dataset}
+    (legend,) = fig.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert set(frame.method[frame.method != "data"]) <= set(labels) and labels[-1] == "data floor"
+
+
 def test_a_longer_arm_s_steps_come_in_order_before_the_floor():
     """One curve studied to 20,000 steps and one to 1,000 (as the long arm of the study): the columns are the
     steps in order, then the floor; the shorter curve's missing step is a dash."""
