@@ -4,10 +4,12 @@ A grid runs from the noise end to the data end (decreasing t, pipeline's convent
 data), float64. Continuous grids are times; a discrete chain's grids (DDPM's sub-sequences of 1..T) are
 integer steps. Every sampler builds its grid here (pipeline.samplers) and spends at most its budget:
 
-    steps = max(1, (budget - finishing NFE) // NFE per step)       (steps_within)
+    steps = (budget - finishing NFE) // NFE per step                (steps_within)
 
 so Heun and the predictor-corrector (2 NFE a step) spend budget - 1 where a final denoising step makes the
-budget odd, and a reported NFE is what the sampler really used (the contract tests count the calls).
+budget odd, and a reported NFE is what the sampler really used (the contract tests count the calls). A
+budget that cannot pay for one step raises BudgetTooSmall, and the sample stage leaves that run out (e.g.
+Heun at 1 NFE, or annealed Langevin over 10 noise levels at 10): never more NFE than the budget.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from torch import Tensor
 SPACINGS = ("uniform", "quadratic", "log_snr")
 
 
+class BudgetTooSmall(ValueError):
+    """A fixed-step sampler's budget cannot pay for one step and its finishing evaluations."""
+
+
 def steps_within(budget: int, nfe_per_step: int = 1, finishing_nfe: int = 0) -> int:
-    """Steps of a fixed-step sampler that spends at most `budget` NFE (at least one step)."""
-    return max(1, (budget - finishing_nfe) // nfe_per_step)
+    """Steps of a fixed-step sampler that spends at most `budget` NFE; BudgetTooSmall below one step."""
+    steps = (budget - finishing_nfe) // nfe_per_step
+    if steps < 1:
+        raise BudgetTooSmall(f"a budget of {budget} NFE cannot pay for one step of {nfe_per_step} NFE"
+                             + (f" and {finishing_nfe} finishing NFE" if finishing_nfe else ""))
+    return steps
 
 
 def uniform(num_steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Tensor:

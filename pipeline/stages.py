@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import data as datasets, distributed
+from pipeline import data as datasets, distributed, grids
 from pipeline.config import Params
 from pipeline.data.images import dequantize
 from pipeline.errors import CheckpointError, StageError
@@ -148,7 +148,11 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     noise_seed = sample_noise_seed(seed, dataset)
     for sampler, budget in iterator:
         key = run_key(sampler, budget)
-        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device, params.precision)
+        try:
+            arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device,
+                                            params.precision)
+        except grids.BudgetTooSmall:  # a sampler spends at most its budget: one that cannot is not run
+            continue
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     paths = draw_trajectories(method, net, noise_seed, device)
     if paths is not None:
@@ -219,12 +223,13 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
         metric_seed = derive_seed(seed, "evaluate", dataset)  # the same draws for every sampler and method
         for metric, value in scorer(samples[row["key"]], metric_seed).items():
             record_metric(table, row["sampler"], row["nfe"], metric, value)
-    generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", method_name, dataset))
-    for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, generator, device):
+    for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, seed, dataset, device):
         record_metric(table, sampler, nfe, metric, value)
-    # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws
+    # flows that define them report path metrics (straightness, transport cost) from evaluate.w2_points draws,
+    # the same prior draws for every method with the same prior
     context = EvalContext(rtol=params.evaluate.ode_rtol, atol=params.evaluate.ode_atol)
-    for sampler, nfe, metric, value in method.trajectory_metrics(net, scorer.n, generator, context):
+    paths = common_generator(seed, "paths", dataset, device)
+    for sampler, nfe, metric, value in method.trajectory_metrics(net, scorer.n, paths, context):
         record_metric(table, sampler, nfe, metric, value)
     # the settings each number was made with (e.g. DDPM's x0 clipping on images), beside every number
     steps = trained_steps(root, method_name, dataset, seed)
@@ -241,17 +246,26 @@ def run_evaluate(root: Path, params: Params, method_name: str, dataset: str, see
     return metrics_file(root, method_name, dataset, seed)
 
 
-def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data, generator: torch.Generator,
+def common_generator(seed: int, purpose: str, dataset: str, device: torch.device) -> torch.Generator:
+    """A generator of the evaluation that depends on the training seed, its purpose and the data set, not on
+    the method: every method is scored on the same random numbers (common random numbers, so a difference
+    between two methods of one seed is not a difference in their draws)."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", purpose, dataset))
+
+
+def _likelihood_rows(params: Params, method: Method, net: torch.nn.Module, data, seed: int, dataset: str,
                      device: torch.device) -> list[tuple[str, int, str, float]]:
     """(sampler, nfe, metric, value) of the method's likelihoods on the test split: nats, their standard
-    error and count; on images also bits/dim of the dequantized test images."""
+    error and count; on images also bits/dim of the dequantized test images. The dequantization and the
+    estimators' draws (Hutchinson probes, the bound's times) are the same for every method."""
     cfg = params.evaluate
     image = data.kind == "image"
     x_test = torch.from_numpy(data.test[: cfg.image.nll_points if image else cfg.nll_points]).to(device)
     if image:
-        x_test = dequantize(x_test, generator)  # the same dequantized images for every method
+        x_test = dequantize(x_test, common_generator(seed, "dequantize", dataset, device))
     context = EvalContext(rtol=cfg.ode_rtol, atol=cfg.ode_atol)
     rows = []
+    generator = common_generator(seed, "likelihood", dataset, device)
     for record in method.log_likelihood(net, x_test, generator, context):
         nll = -record.log_prob.double().cpu()
         rows += [(record.sampler, round(record.nfe), "nll", nll.mean()),
@@ -306,14 +320,15 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             method.load_extras(_after_training(method, net, train_data, stage_seed, device))
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
-                x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, sample_noise_seed(seed, dataset),
-                                      device, params.precision)
+                try:
+                    x, nfe = draw_samples(method, net, sampler, run_budget, n, batch,
+                                          sample_noise_seed(seed, dataset), device, params.precision)
+                except grids.BudgetTooSmall:
+                    continue
                 metric_seed = derive_seed(seed, "evaluate", dataset)
                 rows += [_convergence_row(step, sampler, nfe, metric, value)
                          for metric, value in scorer(x, metric_seed).items()]
-            generator = torch.Generator(device=device).manual_seed(
-                derive_seed(seed, "convergence", method_name, dataset, "likelihood"))
-            for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, generator, device):
+            for sampler, nfe, metric, value in _likelihood_rows(params, method, net, data, seed, dataset, device):
                 rows.append(_convergence_row(step, sampler, nfe, metric, value))
     write_text(convergence_file(root, method_name, dataset, seed), "\n".join(rows) + "\n")
     return convergence_file(root, method_name, dataset, seed)

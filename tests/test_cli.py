@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -108,6 +109,55 @@ def test_a_metric_missing_from_the_metric_table_stops_the_evaluation(tiny_params
     error = result.output.strip().splitlines()[-1]
     assert result.exit_code == 2 and error.startswith("error: ") and "curvature" in error, result.output
     assert not (tiny_params.parent / "metrics" / "flow_matching" / "moons" / "seed0.json").exists()
+
+
+def test_every_method_is_evaluated_on_the_same_random_numbers(tiny_params, monkeypatch):
+    """Common random numbers (issue 11): the path metrics' prior draws, the likelihood estimators' draws and
+    the dequantized test images depend on the seed and the data set, not on the method."""
+    from pipeline import stages
+    from pipeline.methods.affine import AffineMethod
+    from pipeline.methods.flow_matching import FlowMatching
+
+    seen = {}
+
+    def record(kind):
+        def method(self, net, *args):
+            generator = next(a for a in args if isinstance(a, torch.Generator))
+            seen.setdefault(type(self).__name__, {})[kind] = torch.rand(4, generator=generator)
+            return []
+        return method
+
+    from pipeline.methods.rectified_flow import RectifiedFlow
+
+    for cls in (AffineMethod, RectifiedFlow):
+        monkeypatch.setattr(cls, "trajectory_metrics", record("paths"))
+    monkeypatch.setattr(AffineMethod, "log_likelihood", record("likelihood"))
+    params = yaml.safe_load(tiny_params.read_text())
+    params["methods"]["rectified_flow"] = {"budgets": [4], "samplers": ["ode_euler"]}
+    tiny_params.write_text(yaml.safe_dump(params))
+    runner = CliRunner()
+    args = ["--params", str(tiny_params)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    for name in ("flow_matching", "rectified_flow"):
+        for command in (["train", "-m", name, "-d", "moons", "--no-progress"],
+                        ["sample", "-m", name, "-d", "moons", "--no-progress"], ["evaluate", "-m", name, "-d", "moons"]):
+            result = runner.invoke(app, [*args, *command])
+            assert result.exit_code == 0, result.output
+    assert set(seen) == {"FlowMatching", "RectifiedFlow"}
+    for kind in ("paths", "likelihood"):
+        torch.testing.assert_close(seen["FlowMatching"][kind], seen["RectifiedFlow"][kind], rtol=0, atol=0)
+    assert not torch.equal(seen["FlowMatching"]["paths"], seen["FlowMatching"]["likelihood"])
+    images = []  # the dequantization of the held-out images, twice: once per method
+    monkeypatch.setattr(stages, "dequantize", lambda x, generator: images.append(torch.rand(3, generator=generator)) or x)
+
+    class Images:
+        kind, test = "image", np.zeros((5, 1, 4, 4), dtype=np.float32)
+
+    from pipeline.config import load_params
+
+    for method in (FlowMatching.__new__(FlowMatching), AffineMethod.__new__(AffineMethod)):
+        stages._likelihood_rows(load_params(tiny_params), method, None, Images(), 0, "digits", torch.device("cpu"))
+    torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
 
 
 def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):

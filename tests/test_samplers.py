@@ -65,10 +65,17 @@ def test_the_capabilities_decide_the_table():
 
 
 @pytest.mark.parametrize("budget, per_step, finishing, steps", [
-    (1000, 1, 0, 1000), (1000, 1, 1, 999), (1000, 2, 1, 499), (10, 2, 1, 4), (10, 2, 0, 5), (1, 2, 1, 1),
-    (1000, 10, 1, 99)])
+    (1000, 1, 0, 1000), (1000, 1, 1, 999), (1000, 2, 1, 499), (10, 2, 1, 4), (10, 2, 0, 5), (3, 2, 1, 1),
+    (1000, 10, 1, 99), (11, 10, 1, 1)])
 def test_the_budget_rule(budget, per_step, finishing, steps):
     assert grids.steps_within(budget, per_step, finishing) == steps
+    assert steps * per_step + finishing <= budget
+
+
+@pytest.mark.parametrize("budget, per_step, finishing", [(1, 2, 0), (2, 2, 1), (10, 10, 1), (0, 1, 0)])
+def test_a_budget_below_one_step_is_refused(budget, per_step, finishing):
+    with pytest.raises(grids.BudgetTooSmall, match=f"budget of {budget} NFE"):
+        grids.steps_within(budget, per_step, finishing)
 
 
 def test_the_grids_run_from_the_noise_end_to_the_data_end():
