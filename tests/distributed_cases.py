@@ -52,5 +52,5 @@ def sampler_cases() -> list[tuple[str, str, int | None]]:
     cases = []
     for name, cls in METHODS.items():
         for sampler, spec in cls(cls.Config(), (2,)).samplers.items():
-            cases.append((name, sampler, 6 if spec.uses_budget else None))
+            cases.append((name, sampler, 12 if spec.uses_budget else None))  # SMLD's 10 levels + 1 fit in 12
     return cases
