@@ -135,7 +135,7 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
                progress: bool = True) -> Path:
     device = resolve_device(params.device)
     method, net = load_model(root, params, method_name, dataset, seed, device)
-    runs = sampler_runs(method, params)
+    runs = sampler_runs(method, params, progress)
     arrays, index = {}, []
     iterator = runs
     if progress:
@@ -148,11 +148,7 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     noise_seed = sample_noise_seed(seed, dataset)
     for sampler, budget in iterator:
         key = run_key(sampler, budget)
-        try:
-            arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device,
-                                            params.precision)
-        except grids.BudgetTooSmall:  # a sampler spends at most its budget: one that cannot is not run
-            continue
+        arrays[key], nfe = draw_samples(method, net, sampler, budget, n, batch, noise_seed, device, params.precision)
         index.append({"key": key, "sampler": sampler, "budget": budget, "nfe": nfe})
     paths = draw_trajectories(method, net, noise_seed, device)
     if paths is not None:
@@ -162,14 +158,53 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     return samples_file(root, method_name, dataset, seed)
 
 
-def sampler_runs(method: Method, params: Params) -> list[tuple[str, int | None]]:
+def sampler_runs(method: Method, params: Params, progress: bool = False) -> list[tuple[str, int | None]]:
     """The (sampler, budget) runs the sample stage draws: the method's, image budgets capped by
-    sample.image.max_budget."""
+    sample.image.max_budget, less the budgets that cannot pay for one step of their sampler (each said in a
+    line when `progress`). The method's model extras must be loaded (Analytic-DPM's table). The same list on
+    every process, decided before the work is shared out."""
     runs = method.sampler_runs()
     cap = params.sample.image.max_budget
     if len(method.data_shape) == 3 and cap is not None:
         runs = [(sampler, budget) for sampler, budget in runs if budget is None or budget <= cap]
-    return runs
+    kept = [(sampler, budget) for sampler, budget in runs if fits_budget(method, sampler, budget)]
+    for sampler, budget in runs:
+        if (sampler, budget) not in kept and progress and distributed.is_main():
+            print(f"skipped {sampler} at {budget} NFE: one step of it costs more", file=sys.stderr)
+    lost = sorted({sampler for sampler, _ in runs} - {sampler for sampler, _ in kept})
+    if lost:
+        raise StageError(f"no budget of methods.<name>.budgets pays for one step of {', '.join(lost)}; "
+                         f"add a larger budget or leave the sampler out (methods.<name>.samplers)")
+    return kept
+
+
+class _ReachedTheNetwork(Exception):
+    pass
+
+
+class _Probe(torch.nn.Module):
+    """A network that stops a sampler at its first call: what runs before it is the sampler's set-up."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # its device: the CPU
+
+    def forward(self, *args, **kwargs):
+        raise _ReachedTheNetwork
+
+
+def fits_budget(method: Method, sampler: str, budget: int | None) -> bool:
+    """Whether a fixed-step sampler can spend at most `budget` NFE (pipeline.grids.steps_within): a dry run on
+    one row that stops at the first network call, by which point the sampler has built its grid."""
+    if budget is None:
+        return True
+    try:
+        method.sample(_Probe(), sampler, budget, 1, torch.Generator().manual_seed(0), "cpu")
+    except grids.BudgetTooSmall:
+        return False
+    except _ReachedTheNetwork:
+        return True
+    return True
 
 
 def sample_noise_seed(seed: int, dataset: str) -> int:
@@ -320,11 +355,10 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             method.load_extras(_after_training(method, net, train_data, stage_seed, device))
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
-                try:
-                    x, nfe = draw_samples(method, net, sampler, run_budget, n, batch,
-                                          sample_noise_seed(seed, dataset), device, params.precision)
-                except grids.BudgetTooSmall:
+                if not fits_budget(method, sampler, run_budget):  # the same decision on every process
                     continue
+                x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, sample_noise_seed(seed, dataset),
+                                      device, params.precision)
                 metric_seed = derive_seed(seed, "evaluate", dataset)
                 rows += [_convergence_row(step, sampler, nfe, metric, value)
                          for metric, value in scorer(x, metric_seed).items()]

@@ -1,5 +1,6 @@
 """The `pipeline` command: help, listing, and the stage commands on a tiny params file."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +113,8 @@ def test_a_metric_missing_from_the_metric_table_stops_the_evaluation(tiny_params
 
 
 def test_every_method_is_evaluated_on_the_same_random_numbers(tiny_params, monkeypatch):
-    """Common random numbers (issue 11): the path metrics' prior draws, the likelihood estimators' draws and
-    the dequantized test images depend on the seed and the data set, not on the method."""
-    from pipeline import stages
+    """Common random numbers (issue 11): the path metrics' prior draws and the likelihood estimators' draws
+    depend on the seed and the data set, not on the method."""
     from pipeline.methods.affine import AffineMethod
     from pipeline.methods.flow_matching import FlowMatching
 
@@ -147,17 +147,60 @@ def test_every_method_is_evaluated_on_the_same_random_numbers(tiny_params, monke
     for kind in ("paths", "likelihood"):
         torch.testing.assert_close(seen["FlowMatching"][kind], seen["RectifiedFlow"][kind], rtol=0, atol=0)
     assert not torch.equal(seen["FlowMatching"]["paths"], seen["FlowMatching"]["likelihood"])
-    images = []  # the dequantization of the held-out images, twice: once per method
-    monkeypatch.setattr(stages, "dequantize", lambda x, generator: images.append(torch.rand(3, generator=generator)) or x)
 
-    class Images:
-        kind, test = "image", np.zeros((5, 1, 4, 4), dtype=np.float32)
 
-    from pipeline.config import load_params
+def test_ddpms_ode_likelihood_draws_what_every_other_methods_draws():
+    """DDPM's bounds use the likelihood generator first; its ODE likelihood starts from the generator as it
+    came in, as every other method's does, so their Hutchinson probes are common random numbers."""
+    from pipeline.methods.affine import AffineMethod
+    from pipeline.methods.base import EvalContext
+    from pipeline.methods.ddpm import DDPM, DDPMConfig
+    from pipeline.nets.mlp import MLP
 
-    for method in (FlowMatching.__new__(FlowMatching), AffineMethod.__new__(AffineMethod)):
-        stages._likelihood_rows(load_params(tiny_params), method, None, Images(), 0, "digits", torch.device("cpu"))
-    torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
+    seen = []
+
+    def record(self, net, x, generator, context):
+        seen.append(torch.rand(4, generator=generator))
+        return []
+
+    method = DDPM(DDPMConfig(num_steps=20, budgets=[5]), (2,))
+    original = AffineMethod.log_likelihood
+    try:
+        AffineMethod.log_likelihood = record
+        records = method.log_likelihood(MLP(2, hidden=8, depth=1, time_embedding=8), torch.randn(6, 2),
+                                        torch.Generator().manual_seed(5), EvalContext())
+    finally:
+        AffineMethod.log_likelihood = original
+    assert records and seen  # the bounds drew first
+    torch.testing.assert_close(seen[0], torch.rand(4, generator=torch.Generator().manual_seed(5)), rtol=0, atol=0)
+
+
+def test_a_budget_that_cannot_pay_for_one_step_is_left_out_or_refused(tiny_params):
+    """SMLD's ten levels and final step need 11 NFE: its run at 10 is skipped (said in a line), not overspent;
+    a sampler with no budget that fits is a one-line error."""
+    runner = CliRunner()
+    params = yaml.safe_load(tiny_params.read_text())
+    params["methods"] = {"smld": {"budgets": [12, 10]}}
+    tiny_params.write_text(yaml.safe_dump(params))
+    args = ["--params", str(tiny_params)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    assert runner.invoke(app, [*args, "train", "-m", "smld", "-d", "moons", "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, [*args, "sample", "-m", "smld", "-d", "moons"])
+    assert result.exit_code == 0, result.output
+    assert "skipped annealed_langevin at 10 NFE" in result.output
+    with np.load(tiny_params.parent / "samples" / "smld" / "moons" / "seed0.npz") as archive:
+        index = json.loads(str(archive["index"]))
+    assert [(row["budget"], row["nfe"]) for row in index] == [(12, 11)]
+    params["methods"]["smld"]["budgets"] = [10, 5]
+    other = tiny_params.parent / "other" / "params.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump(params))
+    args = ["--params", str(other)]
+    assert runner.invoke(app, [*args, "prepare", "-d", "moons"]).exit_code == 0
+    assert runner.invoke(app, [*args, "train", "-m", "smld", "-d", "moons", "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, [*args, "sample", "-m", "smld", "-d", "moons", "--no-progress"])
+    error = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2 and error.startswith("error: ") and "annealed_langevin" in error, result.output
 
 
 def test_a_name_missing_from_params_is_one_line_and_exit_2(tiny_params):

@@ -207,9 +207,11 @@ class DDPM(AffineMethod):
         Analytic-DPM's bound (Bao et al. 2022, sec. 5) is reported as `analytic_ddpm` once its table is loaded.
         Then the probability-flow ODE's likelihood of the same network on the chain's continuous view
         (AffineMethod; log alpha_bar linear between steps, pipeline.paths), from t = 1/T: the report sets the
-        bound beside it. It comes last, so its Hutchinson probes on images leave the bounds' draws as they were.
+        bound beside it. The ODE draws from `generator` as it was on entry (a copy), so its Hutchinson probes on
+        images are those of every other method's ODE likelihood (common random numbers).
         """
         ode_input = x
+        ode_generator = torch.Generator(device=generator.device).set_state(generator.get_state())
         records = []
         images = len(self.data_shape) == 3
         x = pixel_grid(x.double()) if images else x.double()
@@ -242,7 +244,7 @@ class DDPM(AffineMethod):
                             bound[key] += 0.5 * (d * (post_var / var - 1 + math.log(var / post_var)) + mean_sq / var)
             for key, value in bound.items():
                 records.append(LikelihoodRecord(key, len(steps), -value, "elbo"))
-        return records + super().log_likelihood(net, ode_input, generator, context)
+        return records + super().log_likelihood(net, ode_input, ode_generator, context)
 
 
 def sample_analytic_ddpm(method: DDPM, net, x, budget, generator) -> SolverResult:

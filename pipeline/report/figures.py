@@ -132,15 +132,15 @@ def quality_panel(ax, frame: pd.DataFrame, params: Params, dataset: str) -> None
     ax.set_xscale("log")
     if ax.lines and all(y > 0 for line in ax.lines for y in np.atleast_1d(line.get_ydata())):
         ax.set_yscale("log")
-    if ax.lines:  # the axis frames the means and the floor; a band wider than that (three seeds) is cut
-        values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.lines])
-        lowest, highest = float(np.nanmin(values)), float(np.nanmax(values))
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.lines] or [np.empty(0)])
+    values = values[np.isfinite(values)]
+    if len(values):  # the axis frames the means and the floor; a band wider than that (three seeds) is cut
+        lowest, highest = float(values.min()), float(values.max())
         if ax.get_yscale() == "log":
-            ax.set_ylim(bottom=lowest / 1.5)
+            ax.set_ylim(bottom=lowest / 1.5, top=min(top, highest * 1.2))
         else:
-            ax.set_ylim(bottom=lowest - 0.1 * max(highest - lowest, abs(lowest), 1e-12))
-        if math.isfinite(top):
-            ax.set_ylim(top=min(top, highest * 1.2))
+            pad = 0.1 * max(highest - lowest, abs(lowest), 1e-12)
+            ax.set_ylim(bottom=lowest - pad, top=min(top, highest + pad))
     plain_log_ticks(ax, sorted(nfes))
     if above:
         ax.text(0.02, 0.98, "above the axis, best: " + ", ".join(above), transform=ax.transAxes, fontsize=6,
