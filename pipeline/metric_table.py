@@ -32,11 +32,14 @@ class Metric:
     convergence: str | None = None
     #: the score the summary ranks methods by on data of this kind (one per kind)
     ranks: bool = False
+    #: grid.md tabulates it against the NFE, per data set
+    against_nfe: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("w2", "toy", "samples", True, "exact 2-Wasserstein distance between the samples and as many held-out "
-           "points (POT's emd2, squared Euclidean cost)", scorer="w2", table="headline", convergence="rule", ranks=True),
+           "points (POT's emd2, squared Euclidean cost)", scorer="w2", table="headline", convergence="rule", ranks=True,
+           against_nfe=True),
     Metric("w2_n", "toy", "samples", None, "points in each W2 set", scorer="w2"),
     Metric("precision", "toy", "samples", False, "share of samples inside the k-NN balls of held-out points "
            "(Kynkaanniemi et al. 2019, the prdc package)", scorer="prdc", table="modes"),
@@ -53,11 +56,12 @@ METRICS: tuple[Metric, ...] = (
            "occupied squares)", scorer="structure", table="modes", convergence="rule"),
     Metric("nll", "toy", "likelihood", True, "negative log-likelihood of held-out points in nats (ODE, ELBO or "
            "the method's own estimator; the sampler column names it)", error="nll_se", table="headline",
-           convergence="curve"),
+           convergence="curve", against_nfe=True),
     Metric("nll_se", "toy", "likelihood", None, "standard error of the mean NLL over the held-out points"),
     Metric("nll_n", "toy", "likelihood", None, "held-out points in the NLL"),
     Metric("fid", "image", "samples", True, "Frechet distance of feature statistics (torch-fidelity) against "
-           "the held-out images", scorer="fidelity", table="headline", convergence="rule", ranks=True),
+           "the held-out images", scorer="fidelity", table="headline", convergence="rule", ranks=True,
+           against_nfe=True),
     Metric("fid_n", "image", "samples", None, "images in each FID set", scorer="fidelity"),
     Metric("kid", "image", "samples", True, "kernel inception distance (torch-fidelity, subsets)",
            scorer="fidelity", error="kid_sd", table="headline", convergence="curve"),

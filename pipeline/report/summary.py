@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline.config import Params
 from pipeline.convergence import convergence_lines
 from pipeline.data import DATASETS
-from pipeline.metric_table import METRICS
+from pipeline.metric_table import METRICS, select
 from pipeline.report.claims import claim_lines
 from pipeline.report.results import ORACLE_STUDY
 from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_cap_line, budget_label, budget_table, floor_line, floor_ratio_table,
@@ -263,7 +263,7 @@ def grid_markdown(frame: pd.DataFrame, params: Params) -> str:
     if images:
         lines += ["## Images: every sampler", "",
                   headline_table(frame, params, IMAGE_HEADLINE_METRICS, kind="image").to_markdown(), ""]
-    for metric in ("w2", "nll", "fid"):
+    for metric in dict.fromkeys(m.name for m in select(against_nfe=True)):
         tables = [(dataset, budget_table(frame, dataset, metric)) for dataset in params.datasets]
         if all(table.empty for _, table in tables):
             continue
