@@ -31,8 +31,8 @@ CURVE_METRICS = {m.name: not m.lower_is_better for kind in ("toy", "image") for 
 #: on 2-D sets, FID on images)
 RULE_METRICS = tuple(dict.fromkeys(m.name for m in select(convergence="rule")))
 #: the metric a sampler is chosen by (the first a run has), and for the likelihoods the likelihood itself
-SAMPLE_SCORES = ("w2", "fid")
-LIKELIHOODS = ("nll", "nll_bpd")
+SAMPLE_SCORES = tuple(dict.fromkeys(m.name for m in select(ranks=True)))
+LIKELIHOODS = tuple(dict.fromkeys(m.name for m in select(source="likelihood") if m.lower_is_better is not None))
 
 
 def collect_convergence(root: Path, params: Params) -> pd.DataFrame:

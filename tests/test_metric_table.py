@@ -27,6 +27,9 @@ def test_the_report_and_the_convergence_section_read_the_table():
     assert set(RULE_METRICS) == {"w2", "coverage", "modes", "on_support", "fid"}
     assert CURVE_METRICS["coverage"] is True and CURVE_METRICS["w2"] is False
     assert [m.name for m in metric_table.select(against_nfe=True)] == ["w2", "nll", "fid"]  # grid.md's NFE tables
+    from pipeline.convergence import LIKELIHOODS, SAMPLE_SCORES
+
+    assert SAMPLE_SCORES == ("w2", "fid") and LIKELIHOODS == ("nll", "nll_bpd")
 
 
 class _Data:
