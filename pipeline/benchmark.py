@@ -165,7 +165,7 @@ def sampler_overheads(params: Params, data: torch.Tensor, kind: str, n: int, bud
     figures = []
     for name in params.methods:
         method, net = _trained(params, name, data, kind, train_steps, device)
-        runs = sampler_runs(method, params)  # the stage's runs: capped on images, each within its budget
+        runs = sampler_runs(method, params, device=device)  # the stage's runs: capped on images, each within its budget
         for sampler, run_budget in runs:
             if run_budget is not None:
                 closest = min((b for s, b in runs if s == sampler), key=lambda b: abs(b - budget))

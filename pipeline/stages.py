@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import data as datasets, distributed, grids
+from pipeline import data as datasets, distributed
 from pipeline.config import Params
 from pipeline.data.images import dequantize
 from pipeline.errors import CheckpointError, StageError
@@ -135,7 +135,7 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
                progress: bool = True) -> Path:
     device = resolve_device(params.device)
     method, net = load_model(root, params, method_name, dataset, seed, device)
-    runs = sampler_runs(method, params, progress)
+    runs = sampler_runs(method, params, progress, device)
     arrays, index = {}, []
     iterator = runs
     if progress:
@@ -158,7 +158,8 @@ def run_sample(root: Path, params: Params, method_name: str, dataset: str, seed:
     return samples_file(root, method_name, dataset, seed)
 
 
-def sampler_runs(method: Method, params: Params, progress: bool = False) -> list[tuple[str, int | None]]:
+def sampler_runs(method: Method, params: Params, progress: bool = False,
+                 device: torch.device | str = "cpu") -> list[tuple[str, int | None]]:
     """The (sampler, budget) runs the sample stage draws: the method's, image budgets capped by
     sample.image.max_budget, less the budgets that cannot pay for one step of their sampler (each said in a
     line when `progress`). The method's model extras must be loaded (Analytic-DPM's table). The same list on
@@ -167,7 +168,7 @@ def sampler_runs(method: Method, params: Params, progress: bool = False) -> list
     cap = params.sample.image.max_budget
     if len(method.data_shape) == 3 and cap is not None:
         runs = [(sampler, budget) for sampler, budget in runs if budget is None or budget <= cap]
-    kept = [(sampler, budget) for sampler, budget in runs if fits_budget(method, sampler, budget)]
+    kept = [(sampler, budget) for sampler, budget in runs if method.fits_budget(sampler, budget, device)]
     for sampler, budget in runs:
         if (sampler, budget) not in kept and progress and distributed.is_main():
             print(f"skipped {sampler} at {budget} NFE: one step of it costs more", file=sys.stderr)
@@ -176,35 +177,6 @@ def sampler_runs(method: Method, params: Params, progress: bool = False) -> list
         raise StageError(f"no budget of methods.<name>.budgets pays for one step of {', '.join(lost)}; "
                          f"add a larger budget or leave the sampler out (methods.<name>.samplers)")
     return kept
-
-
-class _ReachedTheNetwork(Exception):
-    pass
-
-
-class _Probe(torch.nn.Module):
-    """A network that stops a sampler at its first call: what runs before it is the sampler's set-up."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(()))  # its device: the CPU
-
-    def forward(self, *args, **kwargs):
-        raise _ReachedTheNetwork
-
-
-def fits_budget(method: Method, sampler: str, budget: int | None) -> bool:
-    """Whether a fixed-step sampler can spend at most `budget` NFE (pipeline.grids.steps_within): a dry run on
-    one row that stops at the first network call, by which point the sampler has built its grid."""
-    if budget is None:
-        return True
-    try:
-        method.sample(_Probe(), sampler, budget, 1, torch.Generator().manual_seed(0), "cpu")
-    except grids.BudgetTooSmall:
-        return False
-    except _ReachedTheNetwork:
-        return True
-    return True
 
 
 def sample_noise_seed(seed: int, dataset: str) -> int:
@@ -355,7 +327,7 @@ def run_convergence(root: Path, params: Params, method_name: str, dataset: str, 
             method.load_extras(_after_training(method, net, train_data, stage_seed, device))
             for sampler in samplers:
                 run_budget = budget if method.samplers[sampler].uses_budget else None
-                if not fits_budget(method, sampler, run_budget):  # the same decision on every process
+                if not method.fits_budget(sampler, run_budget, device):  # the same decision on every process
                     continue
                 x, nfe = draw_samples(method, net, sampler, run_budget, n, batch, sample_noise_seed(seed, dataset),
                                       device, params.precision)

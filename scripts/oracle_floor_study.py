@@ -36,7 +36,6 @@ from pipeline.methods import build_method  # noqa: E402
 from pipeline.methods.affine import AffineMethod  # noqa: E402
 from pipeline.methods.pfgm import PFGM, ExactFieldNetwork  # noqa: E402
 from pipeline.metrics import w2_exact  # noqa: E402
-from pipeline.stages import fits_budget  # noqa: E402
 
 OUT = ROOT / "reports" / "studies" / "oracle_floor.csv"
 
@@ -67,7 +66,7 @@ def main(methods: str = typer.Option("", help="comma-separated; default: every a
             generator = torch.Generator().manual_seed(derive_seed(0, "oracle", name, dataset))
             method.load_extras(method.after_training(net, train, generator))
             runs = [(sampler, budget) for sampler, budget in method.sampler_runs()
-                    if fits_budget(method, sampler, budget)]  # as the sample stage: never over budget
+                    if method.fits_budget(sampler, budget)]  # as the sample stage: never over budget
             if largest_only:
                 largest = {}
                 for sampler, budget in runs:

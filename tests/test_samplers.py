@@ -119,3 +119,11 @@ def test_no_paths_without_a_sampling_ode_or_on_images():
     assert draw_trajectories(_method("smld"), None, 0, torch.device("cpu")) is None
     cls = METHODS["flow_matching"]
     assert draw_trajectories(cls(cls.Config(), (1, 8, 8)), None, 0, torch.device("cpu")) is None
+
+
+def test_a_method_says_which_budgets_pay_for_one_step_without_running_its_network():
+    """SMLD's ten levels and final step need 11 NFE; Heun needs 2; the probe stops before any network call."""
+    smld, flow = _method("smld"), _method("flow_matching")
+    assert not smld.fits_budget("annealed_langevin", 10) and smld.fits_budget("annealed_langevin", 11)
+    assert not flow.fits_budget("ode_heun", 1) and flow.fits_budget("ode_heun", 2)
+    assert flow.fits_budget("ode_rk45", None) and flow.fits_budget("ode_euler", 1)

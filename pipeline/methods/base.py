@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pipeline import rng, threads
+from pipeline import grids, rng, threads
 from pipeline.schema import MethodConfig
 from pipeline.nets import build_network
 from pipeline.samplers import SamplerSpec, applicable
@@ -136,6 +136,21 @@ class Method(ABC):
         with torch.no_grad():
             return self.samplers[sampler].fn(self, net, x_init, budget, generator)
 
+    def fits_budget(self, sampler: str, budget: int | None, device: torch.device | str = "cpu") -> bool:
+        """Whether a fixed-step sampler can spend at most `budget` NFE (pipeline.grids.steps_within): a dry run
+        on one row, on the device the stage samples on, that stops at the first network call, by which point
+        the sampler has built its grid. The model's extras must be loaded (e.g. Analytic-DPM's table)."""
+        if budget is None:
+            return True
+        try:
+            self.sample(_Probe().to(device), sampler, budget, 1, torch.Generator(device=device).manual_seed(0),
+                        device)
+        except grids.BudgetTooSmall:
+            return False
+        except _ReachedTheNetwork:
+            return True
+        return True
+
     def log_likelihood(self, net: nn.Module, x: Tensor, generator: torch.Generator,
                        context: EvalContext) -> list[LikelihoodRecord]:
         """Likelihoods this method defines (none by default)."""
@@ -177,3 +192,18 @@ def call_network(net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
     first = next(net.parameters(), None)
     dtype = x.dtype if first is None else first.dtype
     return net(x.to(dtype), t.to(dtype)).to(x.dtype)
+
+
+class _ReachedTheNetwork(Exception):
+    pass
+
+
+class _Probe(nn.Module):
+    """A network that stops a sampler at its first call (Method.fits_budget)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # its device is the stage's
+
+    def forward(self, *args, **kwargs):
+        raise _ReachedTheNetwork
