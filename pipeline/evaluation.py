@@ -71,17 +71,18 @@ def _structure(scorer: SampleScorer, x: np.ndarray, real: np.ndarray, seed: int)
 
 
 def _fidelity(scorer: SampleScorer, x: np.ndarray, real: np.ndarray, seed: int) -> dict[str, float]:
-    """fid, kid, kid_sd, precision, recall (torch-fidelity) of images x against real, both quantized to
+    """fid, fid_se, kid, kid_sd, precision, recall (torch-fidelity; fid_se a jackknife) of images x against real, both quantized to
     uint8 first (pipeline.data.images.to_uint8) as FID protocols ask; NaN where a sample is not finite."""
     from pipeline.data.images import to_uint8
     from pipeline.fidelity import FidelityError, fidelity_metrics
 
     cfg = scorer.params.evaluate.image
-    metrics = dict.fromkeys(["fid", "kid", "kid_sd", "precision", "recall"], math.nan)
+    metrics = dict.fromkeys(["fid", "fid_se", "kid", "kid_sd", "precision", "recall"], math.nan)
     if np.isfinite(x).all():
         try:
             metrics = fidelity_metrics(to_uint8(x), to_uint8(real), scorer.extractor, cfg.kid_subset_size,
-                                       cfg.prc_neighborhood, seed, scorer.device, cfg.batch_size)
+                                       cfg.prc_neighborhood, seed, scorer.device, cfg.batch_size,
+                                       cfg.fid_jackknife_groups)
         except FidelityError as error:
             raise StageError(str(error)) from None
     return metrics | {"fid_n": len(x)}

@@ -60,8 +60,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("nll_se", "toy", "likelihood", None, "standard error of the mean NLL over the held-out points"),
     Metric("nll_n", "toy", "likelihood", None, "held-out points in the NLL"),
     Metric("fid", "image", "samples", True, "Frechet distance of feature statistics (torch-fidelity) against "
-           "the held-out images", scorer="fidelity", table="headline", convergence="rule", ranks=True,
-           against_nfe=True),
+           "the held-out images", scorer="fidelity", error="fid_se", table="headline", convergence="rule",
+           ranks=True, against_nfe=True),
+    Metric("fid_se", "image", "samples", None, "standard error of FID over the generated images: delete-a-group "
+           "jackknife, the held-out statistics fixed", scorer="fidelity"),
     Metric("fid_n", "image", "samples", None, "images in each FID set", scorer="fidelity"),
     Metric("kid", "image", "samples", True, "kernel inception distance (torch-fidelity, subsets)",
            scorer="fidelity", error="kid_sd", table="headline", convergence="curve"),

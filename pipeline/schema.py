@@ -183,6 +183,8 @@ class ImageEvaluateSettings(Strict):
     #: the real images every sample set is compared with: the held-out `test` split (its floor: the
     #: disjoint `reference` split against it), or `train` (the papers' CIFAR-10 convention)
     fid_against: Literal["test", "train"] = "test"
+    #: blocks of the delete-a-group jackknife of FID's standard error (fid_se), capped at the images scored
+    fid_jackknife_groups: int = Field(200, ge=2)
     kid_subset_size: PositiveInt = 100
     prc_neighborhood: PositiveInt = 3
     sliced_w2_projections: PositiveInt = 512

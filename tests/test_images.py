@@ -187,7 +187,7 @@ def _metrics(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-FIDELITY = ("fid", "kid", "kid_sd", "precision", "recall", "sliced_w2")
+FIDELITY = ("fid", "fid_se", "kid", "kid_sd", "precision", "recall", "sliced_w2")
 
 
 def test_every_stage_runs_on_digits_with_a_tiny_unet(tmp_path):
@@ -231,6 +231,10 @@ def test_every_stage_runs_on_digits_with_a_tiny_unet(tmp_path):
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert "the digits feature classifier" in summary and f"test accuracy {accuracy:.3f}" in summary
     assert "### digits: `fid` (lower is better)" in summary and "Data floor (real vs real" in summary
+    fid_se = flow["ode_euler"]["5"]["fid_se"]  # FID's own sampling error, in brackets beside the cell
+    assert 0 < fid_se < flow["ode_euler"]["5"]["fid"] and floor["fid_se"] > 0
+    assert f"[{fid_se:.3f}]" in (tmp_path / "reports" / "grid.md").read_text()
+    assert f"the floor's {floor['fid_se']:.3f}" in summary  # under the ranking: the range over runs, the floor's
     grid = (tmp_path / "reports" / "grid.md").read_text()
     assert "Real-vs-real floor" in grid and "| data / data" in grid
     assert (tmp_path / "reports" / "figures" / "samples_digits.png").stat().st_size > 1000

@@ -19,9 +19,10 @@ from pipeline.report.tables import (IMAGE_HEADLINE_METRICS, budget_cap_line, bud
 #: how to read a cell of the headline and NFE tables (pipeline.uncertainty)
 READING = ("How to read a cell: mean over training seeds ± the half-width of its 95% Student-t interval over "
            "those seeds (no ± with one seed); in [brackets] the evaluation's own error at its sample size: the "
-           "metric's standard error where it has one (NLL over held-out points), else the data floor's sd over "
-           "disjoint reference samples of the same size (W2, FID, coverage), a lower bound there: an imperfect "
-           "model's own sample set can spread more (about 3x on an undertrained smoke-profile model); in (parentheses) the NFE used. "
+           "metric's standard error where it has one (NLL over held-out points; FID by a jackknife over the "
+           "generated images), else the data floor's sd over disjoint reference samples of the same size (W2, "
+           "coverage), a lower bound there: an imperfect model's own sample set can spread more (about 3x on an "
+           "undertrained smoke-profile model); in (parentheses) the NFE used. "
            "Within a seed every method and sampler starts sample i from the same noise, so rows are paired. A "
            "**bold** cell is the best of its column and beats the runner-up by a one-sided paired t-test over "
            "seeds, Holm-corrected over the columns at level 0.05; with fewer than two seeds nothing is bold.")
@@ -156,7 +157,9 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
         return []
     cfg = params.evaluate.image
     lines = ["## How the image numbers are made", "",
-             f"`fid`, `kid` (mean ± sd over subsets of {cfg.kid_subset_size}), `precision`, `recall`: "
+             f"`fid` (± its delete-a-group jackknife standard error over the generated images in "
+             f"{cfg.fid_jackknife_groups} blocks, the held-out statistics fixed), `kid` (mean ± sd over subsets "
+             f"of {cfg.kid_subset_size}), `precision`, `recall`: "
              f"torch-fidelity on uint8 samples against the held-out {cfg.fid_against} images, n as below; "
              f"`nll_bpd`: bits/dim on {cfg.nll_points} test images (the discrete-decoder ELBO for the "
              f"ancestral samplers, the probability-flow ODE with one fixed Hutchinson probe per image on "
@@ -199,7 +202,9 @@ def reading_paragraph(params: Params) -> str:
             f"{budgets} (network evaluations per sample), in the order of the `{budget_label(ranking_column(params))}` "
             f"column. A cell reads: mean over training seeds ± the half-width of the 95% Student-t interval over "
             f"them, then the winning sampler and (its NFE); the line under the table gives the data floor and the "
-            f"evaluation's own error at its sample size, the same for every cell. A **bold** cell beats the runner-up of its column by a one-sided paired t-test over seeds, "
+            f"evaluation's own error at its sample size (on 2-D sets the floor's spread, the same for every "
+            f"cell; on images FID's jackknife standard error, per run, so its range). A **bold** cell beats the "
+            f"runner-up of its column by a one-sided paired t-test over seeds, "
             f"Holm-corrected within the table; the pick is made on the same seeds, so a best cell is slightly "
             f"optimistic; the at-a-glance table says in words whether each first place is ahead of the second "
             f"by that test. The data floor is the metric between two real samples of the same size: a model at "

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline.config import Params
 from pipeline.data import DATASETS
-from pipeline.metric_table import directions
+from pipeline.metric_table import directions, metric as metric_entry, select
 from pipeline.report.results import (ADAPTIVE_COLUMN, closest_nfe, evaluation_error, interval_text, nfe_text)
 from pipeline.uncertainty import holm_significant, paired_p_value, seed_interval
 
@@ -270,9 +270,8 @@ def ranking_table(frame: pd.DataFrame, params: Params, dataset: str) -> pd.DataF
     """The summary's answer for one data set: rows method in rank order, a column per NFE budget of
     params.report.rank_budgets, each cell the method at its best sampler within that budget by the data
     kind's ranked metric (pipeline.metric_table): mean ± 95% interval over seeds, sampler (NFE); the
-    evaluation's own error is the same for every cell (floor_text). Ranked by ranking_column's budget; the
-    best of a column is bold where it beats the
-    runner-up by the paired, Holm-corrected test. The pick is made on the same seeds as its interval, so a
+    evaluation's own error is under the table (floor_line). Ranked by ranking_column's budget; the best of
+    a column is bold where it beats the runner-up by the paired, Holm-corrected test. The pick is made on the same seeds as its interval, so a
     best cell is optimistic (a winner's curse)."""
     from pipeline.metric_table import ranked
 
@@ -330,11 +329,24 @@ def headline_values(frame: pd.DataFrame, params: Params) -> dict:
 
 
 def floor_line(frame: pd.DataFrame, dataset: str, metric: str) -> str:
-    """The line under a ranking: the data floor, and the spread that is every cell's evaluation error."""
+    """The line under a ranking: the data floor, and the evaluation's own error of the cells: the metric's
+    companion standard error where it has one (FID's jackknife: per run, so its range), else the floor's
+    spread over reference chunks (the same for every cell)."""
     rows = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == f"{metric}_sd")]
-    spread = (f" The evaluation's own error of every cell, the floor's sd over disjoint reference samples of the "
-              f"same size, is {float(rows.value.iloc[0]):.3f} (a lower bound for an imperfect model)."
-              if len(rows) else "")
+    kind = DATASETS[dataset]
+    companion = next((m.error for m in select(kind, name=metric) if m.error), None)
+    errors = frame[(frame.dataset == dataset) & (frame.metric == companion)]
+    runs = errors[errors.method != "data"].value.dropna()
+    if len(runs):
+        floor_error = errors[errors.method == "data"].value
+        spread = (f" The evaluation's own error of a cell, {companion} ({metric_entry(companion, kind).computed}), "
+                  f"is {runs.min():.3f}-{runs.max():.3f} over the runs"
+                  + (f", the floor's {float(floor_error.iloc[0]):.3f}." if len(floor_error) else "."))
+    elif len(rows):
+        spread = (f" The evaluation's own error of every cell, the floor's sd over disjoint reference samples of "
+                  f"the same size, is {float(rows.value.iloc[0]):.3f} (a lower bound for an imperfect model).")
+    else:
+        spread = ""
     return f"Data floor (real vs real): {floor_text(frame, dataset, metric)}.{spread}"
 
 
