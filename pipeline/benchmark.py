@@ -287,9 +287,10 @@ def evaluation_costs(params: Params, data: np.ndarray, repeats: int, device) -> 
         save_torch(path, classifier_record(ClassifierResult(classifier, 0.0, 0.0), "bench", [1, 8, 8]))
         extractor = Extractor(CLASSIFIER_EXTRACTOR, path, "feature classifier")
         seconds = median_seconds(lambda: fidelity_metrics(uint8[0], uint8[1], extractor, images.kid_subset_size,
-                                                          images.prc_neighborhood, 0, device), repeats)
-    figures.append(Figure("evaluation", f"FID, KID, precision, recall: features of {images.fid_samples} + "
-                          f"{images.fid_samples} images (torch-fidelity)", seconds, "s"))
+                                                          images.prc_neighborhood, 0, device,
+                                                          jackknife_groups=images.fid_jackknife_groups), repeats)
+    figures.append(Figure("evaluation", f"FID and its jackknife se, KID, precision, recall: features of "
+                          f"{images.fid_samples} + {images.fid_samples} images (torch-fidelity)", seconds, "s"))
     # the first two of the profile's methods with a probability-flow ODE: their likelihood is an ODE solve
     for name in [m for m in params.methods if "ode" in METHODS[m].capabilities][:2]:
         method, net = _trained(params, name, torch.from_numpy(data), "toy", 200, device)

@@ -3,8 +3,8 @@
 Two kinds of error sit beside every number of the report and are kept apart:
 - over training seeds: the 95% Student-t interval of the mean, mean +- t_{0.975, n-1} s / sqrt(n), from the
   n seeds of params.yaml (none for one seed);
-- of the evaluation itself: the metric's own standard error where it has one (the NLL's over held-out points),
-  else the spread of the data floor (the same metric between disjoint reference samples of the same size), a
+- of the evaluation itself: the metric's own standard error where it has one (the NLL's over held-out points,
+  FID's jackknife over the generated images), else the spread of the data floor (the same metric between disjoint reference samples of the same size), a
   lower bound for an imperfect model, whose own sample set can spread more.
 The best entry of a column is marked only where a one-sided paired t-test over seeds (the seeds pair the
 entries: within a seed every sampler and method starts from the same noise) beats the runner-up, after

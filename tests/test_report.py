@@ -167,8 +167,27 @@ def test_the_ranking_takes_each_method_at_its_best_sampler_within_each_budget():
     from pipeline.report.tables import floor_line
 
     # the evaluation's own error, the same for every cell: the floor's spread, under the table
-    assert "0.100 ± 0.010" in floor_line(_ranking_frame(), "moons", "w2") and "is 0.010" in floor_line(
-        _ranking_frame(), "moons", "w2")
+    assert "0.100 ± 0.010" in floor_line(_ranking_frame(), params, "moons", "w2") and "is 0.010" in floor_line(
+        _ranking_frame(), params, "moons", "w2")
+
+
+def test_under_an_image_ranking_fids_own_error_spans_the_runs_behind_its_cells():
+    """FID's jackknife se is per run: the line gives its range over the runs the cells show (each seed of
+    an adaptive sampler at its own NFE), not over runs no cell shows (a 1-step run with a large se)."""
+    from pipeline.report.tables import floor_line
+
+    rows = [("digits", "data", "data", 0, 0, "fid", 2.0), ("digits", "data", "data", 0, 0, "fid_se", 0.3)]
+    for seed in (0, 1, 2):
+        rows += [("digits", "ddpm", "ddim-eta0.0-uniform", 1, seed, "fid", 250.0 + seed),
+                 ("digits", "ddpm", "ddim-eta0.0-uniform", 1, seed, "fid_se", 40.0),
+                 ("digits", "ddpm", "ddim-eta0.0-uniform", 10, seed, "fid", 9.0 + seed),
+                 ("digits", "ddpm", "ddim-eta0.0-uniform", 10, seed, "fid_se", 0.5 + seed / 10),
+                 ("digits", "flow_matching", "ode_rk45", 30 + seed, seed, "fid", 5.0),
+                 ("digits", "flow_matching", "ode_rk45", 30 + seed, seed, "fid_se", 0.7)]
+    params = Params.model_validate({"datasets": ["digits"], "seeds": [0, 1, 2],
+                                    "methods": {"ddpm": {}, "flow_matching": {}}})
+    line = floor_line(_frame(rows), params, "digits", "fid")
+    assert "is 0.500-0.700 over the runs behind the cells, the floor's 0.300." in line and "40.000" not in line
 
 
 def test_an_image_ranking_says_its_budgets_stop_at_the_image_cap():

@@ -144,7 +144,7 @@ def card(frame: pd.DataFrame, params: Params, dataset: str, figures: Path, proto
     better = "lower" if metric.lower_is_better else "higher"
     figure = figures / f"quality_{dataset}.png"
     image = f'<img alt="{dataset}: quality against NFE" src="{data_uri(figure)}">' if figure.exists() else ""
-    floor_note = " ".join(filter(None, [floor_line(frame, dataset, metric.name), budget_cap_line(params, dataset)]))
+    floor_note = " ".join(filter(None, [floor_line(frame, params, dataset, metric.name), budget_cap_line(params, dataset)]))
     return (f'<section class="card" id="{dataset}"><h2>{dataset}: <code>{metric.name}</code> ({better} is better)'
             f"</h2>{ranking_html(frame, params, dataset, protocol)}"
             f'<p class="floor">{inline(floor_note)}</p>'

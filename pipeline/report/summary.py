@@ -157,9 +157,9 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
         return []
     cfg = params.evaluate.image
     lines = ["## How the image numbers are made", "",
-             f"`fid` (± its delete-a-group jackknife standard error over the generated images in "
-             f"{cfg.fid_jackknife_groups} blocks, the held-out statistics fixed), `kid` (mean ± sd over subsets "
-             f"of {cfg.kid_subset_size}), `precision`, `recall`: "
+             f"`fid` (`fid_se`: its delete-a-group jackknife standard error over the generated images, the "
+             f"held-out statistics fixed), `kid` (mean ± sd over subsets of {cfg.kid_subset_size}), `precision`, "
+             f"`recall`: "
              f"torch-fidelity on uint8 samples against the held-out {cfg.fid_against} images, n as below; "
              f"`nll_bpd`: bits/dim on {cfg.nll_points} test images (the discrete-decoder ELBO for the "
              f"ancestral samplers, the probability-flow ODE with one fixed Hutchinson probe per image on "
@@ -169,7 +169,8 @@ def image_summary(frame: pd.DataFrame, params: Params) -> list[str]:
              f"{cfg.fid_against} images, at the same n.", ""]
     for dataset in images:
         n = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == "fid_n")].value
-        size = f"n = {int(n.iloc[0])} images per set; " if len(n) else ""
+        size = (f"n = {int(n.iloc[0])} images per set, FID's jackknife in "
+                f"{min(cfg.fid_jackknife_groups, int(n.iloc[0]))} blocks; " if len(n) else "")
         lines += [f"- **{dataset}**: {size}FID, KID, precision and recall on {extractor_label(frame, params, dataset)}."
                   + clipping_note(frame, dataset)]
     lines += ["", "Every image sampler at the headline budget and FID against NFE: `grid.md`.", ""]
@@ -188,7 +189,7 @@ def ranking_lines(frame: pd.DataFrame, params: Params) -> list[str]:
         metric = ranked(DATASETS[dataset])
         better = "lower" if metric.lower_is_better else "higher"
         lines += [f"### {dataset}: `{metric.name}` ({better} is better)", "", table.to_markdown(index=False), "",
-                  floor_line(frame, dataset, metric.name), ""]
+                  floor_line(frame, params, dataset, metric.name), ""]
         if budget_cap_line(params, dataset):
             lines += [budget_cap_line(params, dataset), ""]
     return lines

@@ -48,7 +48,7 @@ def headline_table(frame: pd.DataFrame, params: Params, metrics: dict = HEADLINE
         chosen = closest_nfe(group, target)
         error = evaluation_error(frame, method, sampler, dataset, metric, kind, chosen.nfe.unique())
         label = interval_text(chosen.value)
-        if method == "data":  # the floor keeps its spread over reference chunks
+        if method == "data":  # the floor keeps its own error: its spread over reference chunks, or FID's jackknife se
             label += f" ± {error:.3f}" if math.isfinite(error) and len(chosen) == 1 else ""
         else:
             label += (f" [{error:.3f}]" if math.isfinite(error) else "") + f" ({nfe_text(chosen.nfe)})"
@@ -195,6 +195,7 @@ class Option:
     nfe: float       # where it sits on an NFE axis (an adaptive sampler's mean over seeds)
     values: pd.Series
     nfe_max: float   # its largest NFE over seeds: what a budget must allow
+    nfes: pd.Series  # the NFE of each seed's run (index seed)
 
 
 def sampler_options(rows: pd.DataFrame, budget: int | None) -> list[Option]:
@@ -207,14 +208,15 @@ def sampler_options(rows: pd.DataFrame, budget: int | None) -> list[Option]:
         shared = set.intersection(*by_seed)
         if shared:
             for nfe in sorted(n for n in shared if budget is None or n <= budget):
-                options.append(Option(sampler, str(nfe), float(nfe), group[group.nfe == nfe].set_index("seed").value,
-                                      float(nfe)))
+                runs = group[group.nfe == nfe].set_index("seed")
+                options.append(Option(sampler, str(nfe), float(nfe), runs.value, float(nfe), runs.nfe))
             continue
         fitting = group[group.nfe <= budget] if budget is not None else group
         if len(fitting) and fitting.seed.nunique() == len(by_seed):
             chosen = closest_nfe(fitting, budget or int(fitting.nfe.max()))
-            options.append(Option(sampler, nfe_text(chosen.nfe), float(chosen.nfe.mean()),
-                                  chosen.set_index("seed").value, float(chosen.nfe.max())))
+            runs = chosen.set_index("seed")
+            options.append(Option(sampler, nfe_text(chosen.nfe), float(chosen.nfe.mean()), runs.value,
+                                  float(chosen.nfe.max()), runs.nfe))
     return options
 
 
@@ -328,26 +330,30 @@ def headline_values(frame: pd.DataFrame, params: Params) -> dict:
     return values
 
 
-def floor_line(frame: pd.DataFrame, dataset: str, metric: str) -> str:
-    """The line under a ranking: the data floor, and the evaluation's own error of the cells: the metric's
-    companion standard error where it has one (FID's jackknife: per run, so its range), else the floor's
-    spread over reference chunks (the same for every cell)."""
-    rows = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == f"{metric}_sd")]
+def floor_line(frame: pd.DataFrame, params: Params, dataset: str, metric: str) -> str:
+    """The line under a ranking: the data floor, and the evaluation's own error of its cells: the metric's
+    companion standard error where it has one (FID's jackknife: one per run, so its range over the runs
+    behind the ranking's cells), else the floor's spread over reference chunks (the same for every cell)."""
     kind = DATASETS[dataset]
     companion = next((m.error for m in select(kind, name=metric) if m.error), None)
     errors = frame[(frame.dataset == dataset) & (frame.metric == companion)]
-    runs = errors[errors.method != "data"].value.dropna()
+    cells = [(method, option) for method, picks in ranking_picks(frame, params, dataset).items()
+             for option in picks.values() if option is not None] if companion else []
+    runs = pd.concat([errors[(errors.method == method) & (errors.sampler == option.sampler)].merge(
+        option.nfes.rename("nfe").reset_index(), on=["seed", "nfe"]) for method, option in cells]).value.dropna() \
+        if cells else pd.Series(dtype=float)
+    spread = frame[(frame.dataset == dataset) & (frame.method == "data") & (frame.metric == f"{metric}_sd")]
     if len(runs):
         floor_error = errors[errors.method == "data"].value
-        spread = (f" The evaluation's own error of a cell, {companion} ({metric_entry(companion, kind).computed}), "
-                  f"is {runs.min():.3f}-{runs.max():.3f} over the runs"
-                  + (f", the floor's {float(floor_error.iloc[0]):.3f}." if len(floor_error) else "."))
-    elif len(rows):
-        spread = (f" The evaluation's own error of every cell, the floor's sd over disjoint reference samples of "
-                  f"the same size, is {float(rows.value.iloc[0]):.3f} (a lower bound for an imperfect model).")
+        text = (f" The evaluation's own error of a cell, {companion} ({metric_entry(companion, kind).computed}), "
+                f"is {runs.min():.3f}-{runs.max():.3f} over the runs behind the cells"
+                + (f", the floor's {float(floor_error.iloc[0]):.3f}." if len(floor_error) else "."))
+    elif len(spread):
+        text = (f" The evaluation's own error of every cell, the floor's sd over disjoint reference samples of "
+                f"the same size, is {float(spread.value.iloc[0]):.3f} (a lower bound for an imperfect model).")
     else:
-        spread = ""
-    return f"Data floor (real vs real): {floor_text(frame, dataset, metric)}.{spread}"
+        text = ""
+    return f"Data floor (real vs real): {floor_text(frame, dataset, metric)}.{text}"
 
 
 def budget_cap_line(params: Params, dataset: str) -> str:
