@@ -321,7 +321,8 @@ def profile_file(profile: str) -> Path:
 
 
 def copy_repository(root: Path, params_file: Path) -> Path:
-    """A fresh git + DVC repository at `root` with this project's code, dvc.yaml, README and kept studies, and
+    """A fresh git + DVC repository at `root` with this project's code, dvc.yaml and its plot templates, README
+    and kept studies, and
     `params_file` as its params.yaml (the benchmark's and the pipeline tests' scratch copies)."""
     for name in ("pipeline", "profiles", "reports/studies"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -330,6 +331,7 @@ def copy_repository(root: Path, params_file: Path) -> Path:
     shutil.copy(params_file, root / "params.yaml")
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=root, check=True, capture_output=True)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)  # dvc.yaml's plot templates
     return root
 
 

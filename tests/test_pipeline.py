@@ -43,6 +43,8 @@ def test_dvc_shows_the_headline_numbers_and_the_curves(smoke_repo):
     assert "reports/quality_vs_nfe.csv" in plots and any(key.startswith("metrics/train/") for key in plots)
     spec = json.dumps(plots["reports/quality_vs_nfe.csv"])
     assert '"nfe"' in spec and '"mean"' in spec  # the curve's data points, x and y
+    content = plots["reports/quality_vs_nfe.csv"][0]["content"]  # a panel per data set, a line per method
+    assert content["facet"]["field"] == "dataset" and content["spec"]["encoding"]["color"]["field"] == "method"
     readme = run_dvc(["pipeline", "report", "--readme"], smoke_repo)
     assert "README.md" in readme.stdout
     from pipeline.report.readme import readme_block, results_block

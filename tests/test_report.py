@@ -1,5 +1,7 @@
 """The summary's check of every 2-D sampler at its largest budget against the data floor."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from pipeline.config import Params
@@ -274,3 +276,24 @@ def test_the_likelihood_figure_survives_a_diverged_ode_solve(tmp_path):
                     ("moons", "ddpm", "ancestral_beta", 100, 1, "nll", 1.5)])
     assert likelihood_figure(frame, params, tmp_path)
     assert (tmp_path / "nll_bound_vs_ode.png").exists()
+
+
+def test_dvc_plots_draw_the_quality_curves_a_panel_per_data_set_and_a_line_per_method():
+    """dvc.yaml's plot of reports/quality_vs_nfe.csv names the project's template, which dvc-render (DVC's
+    renderer) fills: the rows of every data set and method would otherwise be one zigzag line."""
+    import yaml
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    repo = Path(__file__).resolve().parents[1]
+    report = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["report"]
+    (properties,) = [entry["reports/quality_vs_nfe.csv"] for entry in report["plots"]
+                     if "reports/quality_vs_nfe.csv" in entry]
+    template = get_template(properties["template"], str(repo / ".dvc" / "plots"))
+    rows = [{"dataset": d, "method": m, "metric": "w2", "nfe": n, "sampler": "ode_euler", "nfe_label": str(n),
+             "mean": 0.2, "low": 0.1, "high": 0.3} for d in ("moons", "digits") for m in ("ddpm", "pfgm") for n in (10, 100)]
+    spec = VegaRenderer(rows, "reports/quality_vs_nfe.csv", template=template, x=properties["x"],
+                        y=properties["y"]).get_filled_template()
+    assert spec["facet"]["field"] == "dataset" and spec["spec"]["encoding"]["color"]["field"] == "method"
+    assert (spec["spec"]["encoding"]["x"]["field"], spec["spec"]["encoding"]["y"]["field"]) == ("nfe", "mean")
+    assert len(spec["data"]["values"]) == len(rows)
