@@ -131,7 +131,8 @@ def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: Ex
     if extractor.name == CLASSIFIER_EXTRACTOR:
         _register_classifier_extractor()
     n = min(len(generated), len(reference))
-    kwargs = dict(input1=PixelImages(generated, extractor.needs_rgb), input2=PixelImages(reference, extractor.needs_rgb),
+    kwargs = dict(input1=PixelImages(generated, extractor.needs_rgb),
+                  input2=PixelImages(reference, extractor.needs_rgb),
                   fid=True, kid=True, prc=True, feature_extractor=extractor.name,
                   feature_extractor_weights_path=str(extractor.weights_path), kid_subset_size=min(kid_subset_size, n),
                   prc_neighborhood=min(prc_neighborhood, n - 1), rng_seed=seed % 2**32, batch_size=batch_size,
@@ -162,11 +163,18 @@ def frechet_distance(features: np.ndarray, reference_mean: np.ndarray, reference
     features = np.asarray(features, np.float64)
     projected = features @ reference_sqrt_cov if projected is None else projected
     centred = features - features.mean(0)
-    difference = features.mean(0) - reference_mean
     scale = 1.0 / (len(features) - 1)
     nuclear = np.linalg.svd(projected - projected.mean(0), compute_uv=False).sum() * math.sqrt(scale)
-    return float(difference @ difference + scale * np.sum(centred * centred)
-                 + np.sum(reference_sqrt_cov * reference_sqrt_cov) - 2 * nuclear)
+    return _frechet_terms(features.mean(0), scale * np.sum(centred * centred), nuclear, reference_mean,
+                          reference_sqrt_cov)
+
+
+def _frechet_terms(mean: np.ndarray, trace_cov: float, nuclear: float, reference_mean: np.ndarray,
+                   reference_sqrt_cov: np.ndarray) -> float:
+    """FID from its terms: ||m1 - mu2||^2 + tr S1 + tr S2 - 2 tr (S2^(1/2) S1 S2^(1/2))^(1/2), given
+    m1, tr S1 and the last trace (the one place both ways of computing a replicate assemble it)."""
+    difference = mean - reference_mean
+    return float(difference @ difference + trace_cov + np.sum(reference_sqrt_cov * reference_sqrt_cov) - 2 * nuclear)
 
 
 def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -221,6 +229,5 @@ def replicates_by_covariance(features: np.ndarray, reference_mean: np.ndarray, r
         trace_cov = (x_squares - np.sum(x[block] ** 2) - kept * x_mean @ x_mean) / (kept - 1)
         product = (z_gram - z[block].T @ z[block] - kept * np.outer(z_mean, z_mean)) / (kept - 1)
         nuclear = np.sqrt(np.clip(np.linalg.eigvalsh(product), 0, None)).sum()
-        difference = centre + x_mean - reference_mean
-        replicates.append(difference @ difference + trace_cov + np.sum(reference_sqrt_cov ** 2) - 2 * nuclear)
+        replicates.append(_frechet_terms(centre + x_mean, trace_cov, nuclear, reference_mean, reference_sqrt_cov))
     return np.array(replicates)

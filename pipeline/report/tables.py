@@ -273,8 +273,8 @@ def ranking_table(frame: pd.DataFrame, params: Params, dataset: str) -> pd.DataF
     params.report.rank_budgets, each cell the method at its best sampler within that budget by the data
     kind's ranked metric (pipeline.metric_table): mean ± 95% interval over seeds, sampler (NFE); the
     evaluation's own error is under the table (floor_line). Ranked by ranking_column's budget; the best of
-    a column is bold where it beats the runner-up by the paired, Holm-corrected test. The pick is made on the same seeds as its interval, so a
-    best cell is optimistic (a winner's curse)."""
+    a column is bold where it beats the runner-up by the paired, Holm-corrected test. The pick is made on
+    the same seeds as its interval, so a best cell is optimistic (a winner's curse)."""
     from pipeline.metric_table import ranked
 
     metric = ranked(DATASETS[dataset])
